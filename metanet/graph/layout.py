@@ -1,0 +1,390 @@
+"""Parameter graphs: nodes are neurons, edges are weights.
+
+A :class:`GraphLayout` is computed once per (weight space, layout) and turns state
+dicts into graphs and back with precomputed reshapes and index arithmetic only.
+
+Nodes. Every neuron axis of every weight names a *node set*: the neuron group(s) it
+carries (free atoms; fixed atoms such as the H·W positions of a flatten are folded into
+the edge features), or, for fixed axes (inputs, outputs, positions, vocabularies), the
+fixed neurons themselves. Axes that carry the same group share the node set, so a
+residual stream is one set of neurons read and written by many layers. A weight with no
+neuron axis gets a hub node of its own.
+
+Edges. A weight with two neuron axes (out, in) gives edges in -> out; one with a single
+neuron axis (biases, norm scales, running statistics) gives self-loops; the remaining
+axes (kernel positions, folded fixed atoms) are the edge's feature vector, cut into
+chunks of ``width`` values (zero-padded): ``width=1`` is one edge per parameter (Graph
+Metanetworks), the compact layout chooses the width that makes the graph smallest
+(e.g. 9 for 3x3 kernels: one edge per channel pair, the kernel as a vector, as in
+neural graphs). Parameter-free structure appears as typed edges: a concatenation links
+each block's neurons to their place in the concatenated set, a product set (heads x
+dims) links to each factor's set.
+
+Every node and edge feature is a function of the weights and of positions in fixed
+sets only, so permuting a group permutes nodes and nothing else (equivariance), and
+every weight value sits in exactly one edge feature slot (bijectivity).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, prod
+from typing import Mapping
+
+import torch
+from torch_geometric.data import Batch, Data
+
+from ..space.structure import index_map
+
+STRUCTURAL = ("concat", "product")
+
+
+class ParamGraph(Data):
+    """A parameter graph (torch_geometric ``Data``).
+
+    Attributes: ``x`` [N, 3] node features (is_fixed, relative position in a fixed set,
+    is_hub); ``node_type`` [N] node-set id; ``node_pos`` [N] position in a fixed set
+    (0 for group neurons); ``edge_index`` [2, E]; ``edge_attr`` [E, width] weight values;
+    ``edge_type`` [E] weight-tensor id (or a structural type past the last tensor);
+    ``edge_pos`` [E] chunk index within the (out, in) pair; ``extras`` [1, K] non-weight
+    state entries (e.g. BatchNorm step counters), float64; ``layout`` and ``width``.
+    """
+
+
+@dataclass
+class _Plan:
+    name: str
+    shape: tuple[int, ...]
+    split: tuple[int, ...]        # the tensor's shape with neuron axes split into atoms
+    order: tuple[int, ...]        # permutation of split dims: out-node, in-node, features
+    n_out: int
+    n_in: int
+    feat: int
+    chunks: int
+    edge_offset: int
+    num_edges: int
+    dtype: torch.dtype
+
+
+@dataclass
+class _NodeSet:
+    key: tuple
+    offset: int
+    size: int
+    fixed: bool
+    hub: bool = False
+
+
+class GraphLayout:
+    def __init__(self, ws, layout: str = "compact", width: int | None = None):
+        if layout not in ("compact", "param"):
+            raise ValueError(f"layout must be 'compact' (one edge per channel pair) or 'param' "
+                             f"(one edge per parameter), got {layout!r}")
+        self.ws = ws
+        self.layout = layout
+        sp = ws.spaces
+        self.sizes = sp.sizes
+        self.sets: dict[tuple, _NodeSet] = {}
+        self.num_nodes = 0
+        axes_info = {}
+        for name in ws.weights:
+            axes_info[name] = self._axes(name)
+        if layout == "param":
+            width = 1
+        elif width is None:
+            width = self._best_width(axes_info)
+        if width < 1:
+            raise ValueError("width must be >= 1")
+        self.width = int(width)
+        self.dtype = torch.float32
+        dts = [ws.dtypes[k] for k in ws.weights]
+        if dts:
+            dt = dts[0]
+            for d in dts[1:]:
+                dt = torch.promote_types(dt, d)
+            self.dtype = dt
+        self.plans: list[_Plan] = []
+        src, dst, etype, epos = [], [], [], []
+        offset = 0
+        for t, name in enumerate(ws.weights):
+            out_set, in_set, split, order, n_out, n_in, feat = axes_info[name]
+            chunks = max(1, ceil(feat / self.width))
+            ne = n_out * n_in * chunks
+            self.plans.append(_Plan(name, ws.shapes[name], split, order, n_out, n_in, feat, chunks,
+                                    offset, ne, ws.dtypes[name]))
+            o = torch.arange(n_out).repeat_interleave(n_in * chunks) + out_set.offset
+            if in_set is None:
+                i = o
+            else:
+                i = torch.arange(n_in).repeat_interleave(chunks).repeat(n_out) + in_set.offset
+            src.append(i)
+            dst.append(o)
+            etype.append(torch.full((ne,), t, dtype=torch.long))
+            epos.append(torch.arange(chunks).repeat(n_out * n_in))
+            offset += ne
+        self.num_param_edges = offset
+        s2, d2, t2 = self._structural_edges(len(ws.weights))
+        src += s2
+        dst += d2
+        etype += t2
+        epos += [torch.zeros(len(x), dtype=torch.long) for x in s2]
+        self.num_edges = offset + sum(len(x) for x in s2)
+        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
+        self.edge_index = torch.stack([cat(src), cat(dst)])
+        self.edge_type = cat(etype)
+        self.edge_pos = cat(epos)
+        self._node_features()
+
+    # -- construction -------------------------------------------------------------------------
+    def _node_set(self, key: tuple, fixed: bool, hub: bool = False) -> _NodeSet:
+        if key not in self.sets:
+            size = 1 if hub else sum(prod(self.sizes[a] for a in seg) for seg in key)
+            self.sets[key] = _NodeSet(key, self.num_nodes, size, fixed, hub)
+            self.num_nodes += size
+        return self.sets[key]
+
+    def _axes(self, name: str):
+        """Node sets of a weight's neuron axes and how to lay its values out as edges."""
+        sp = self.ws.spaces
+        shape = self.ws.shapes[name]
+        structs = sp.axes[name]
+        neuron_axes = [k for k, s in enumerate(structs)
+                       if shape[k] > 1 and any(sp.neuron[a] for seg in s for a in seg)]
+        roles = sp.roles.get(name, {})
+        if len(neuron_axes) > 2:
+            neuron_axes = [k for k in neuron_axes if k in roles][:2] or neuron_axes[:2]
+        if len(neuron_axes) == 2:
+            outs = [k for k in neuron_axes if roles.get(k) == "out"]
+            ins = [k for k in neuron_axes if roles.get(k) == "in"]
+            if len(outs) == 1 and len(ins) == 1:
+                neuron_axes = [outs[0], ins[0]]
+        split: list[int] = []
+        labels: list[str] = []   # per split dim: "o", "i" or "f"
+        sets: list[_NodeSet] = []
+        for k, s in enumerate(structs):
+            if k in neuron_axes:
+                role = "o" if k == neuron_axes[0] else "i"
+                free_atoms = [a for a in s[0] if sp.free[a]] if len(s) == 1 else []
+                if free_atoms:  # fold the fixed atoms of this axis into features
+                    for a in s[0]:
+                        split.append(self.sizes[a])
+                        labels.append(role if sp.free[a] else "f")
+                    sets.append(self._node_set((tuple(free_atoms),), fixed=False))
+                else:
+                    split.append(shape[k])
+                    labels.append(role)
+                    sets.append(self._node_set(tuple(s), fixed=True))
+            else:
+                split.append(shape[k])
+                labels.append("f")
+        if not neuron_axes:
+            sets.append(self._node_set(("hub", name), fixed=True, hub=True))
+        order = tuple([d for d, l in enumerate(labels) if l == "o"] + [d for d, l in enumerate(labels) if l == "i"]
+                      + [d for d, l in enumerate(labels) if l == "f"])
+        n_out = prod(split[d] for d, l in enumerate(labels) if l == "o")
+        n_in = prod(split[d] for d, l in enumerate(labels) if l == "i")
+        feat = prod(split[d] for d, l in enumerate(labels) if l == "f")
+        out_set = sets[0]
+        in_set = sets[1] if len(sets) > 1 else None
+        return out_set, in_set, tuple(split), order, n_out, n_in, feat
+
+    def _best_width(self, axes_info) -> int:
+        """The chunk width that makes the graph smallest (values + 16 bytes of edge index
+        per edge, in units of 4-byte values)."""
+        cands = sorted({info[6] for info in axes_info.values()} | {1})
+        best, best_cost = 1, None
+        for w in cands:
+            cost = 0
+            for out_set, in_set, split, order, n_out, n_in, feat in axes_info.values():
+                e = n_out * n_in * max(1, ceil(feat / w))
+                cost += e * (w + 6)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = w, cost
+        return best
+
+    def _structural_edges(self, ntypes: int):
+        src, dst, typ = [], [], []
+        for key, ns in list(self.sets.items()):
+            if ns.hub:
+                continue
+            if len(key) > 1:  # concatenation: each block -> its place
+                off = 0
+                for seg in key:
+                    n = prod(self.sizes[a] for a in seg)
+                    sub = self._find_set(seg)
+                    if sub is not None and n > 0:
+                        idx = self._project(seg, sub.key[0])
+                        src.append(idx + sub.offset)
+                        dst.append(torch.arange(n) + ns.offset + off)
+                        typ.append(torch.full((n,), ntypes, dtype=torch.long))
+                    off += n
+            elif len(key) == 1 and len(key[0]) > 1:  # product: each factor -> its rows
+                seg = key[0]
+                for a in dict.fromkeys(seg):
+                    sub = self.sets.get(((a,),))
+                    if sub is not None:
+                        src.append(self._project(seg, (a,)) + sub.offset)
+                        dst.append(torch.arange(ns.size) + ns.offset)
+                        typ.append(torch.full((ns.size,), ntypes + 1, dtype=torch.long))
+        return src, dst, typ
+
+    def _find_set(self, seg: tuple) -> _NodeSet | None:
+        sp = self.ws.spaces
+        free = tuple(a for a in seg if sp.free[a])
+        if free and ((free,),) in self.sets:
+            return self.sets[((free,),)]
+        if (tuple(seg),) in self.sets and len(seg) > 0:
+            return self.sets[(tuple(seg),)]
+        return None
+
+    def _project(self, seg: tuple, sub: tuple) -> torch.Tensor:
+        """For every position of a product ``seg``, its position in the sub-product ``sub``."""
+        sizes = [self.sizes[a] for a in seg]
+        n = prod(sizes)
+        if n == 0:
+            return torch.zeros(0, dtype=torch.long)
+        coords = torch.stack(torch.unravel_index(torch.arange(n), tuple(sizes))) if sizes else torch.zeros(0, 1)
+        out = torch.zeros(n, dtype=torch.long)
+        used = list(seg)
+        for a in sub:
+            j = used.index(a)
+            out = out * self.sizes[a] + coords[j]
+        return out
+
+    def _node_features(self) -> None:
+        N = self.num_nodes
+        x = torch.zeros(N, 3)
+        node_type = torch.zeros(N, dtype=torch.long)
+        node_pos = torch.zeros(N, dtype=torch.long)
+        for t, ns in enumerate(self.sets.values()):
+            sl = slice(ns.offset, ns.offset + ns.size)
+            node_type[sl] = t
+            if ns.fixed:
+                x[sl, 0] = 1.0
+                node_pos[sl] = torch.arange(ns.size)
+                x[sl, 1] = torch.linspace(0, 1, ns.size) if ns.size > 1 else 0.0
+            if ns.hub:
+                x[sl, 2] = 1.0
+        self.x, self.node_type, self.node_pos = x, node_type, node_pos
+
+    # -- conversion ----------------------------------------------------------------------------
+    def _fill(self, get, B: int, device) -> torch.Tensor:
+        W = self.width
+        pad = any(p.chunks * W != p.feat for p in self.plans) or self.num_edges > self.num_param_edges
+        alloc = torch.zeros if pad else torch.empty
+        out = alloc(B, self.num_edges, W, dtype=self.dtype, device=device)
+        for p in self.plans:
+            v = get(p.name).reshape((B,) + p.split)
+            v = v.permute((0,) + tuple(d + 1 for d in p.order)).reshape(B, p.n_out * p.n_in, p.feat)
+            dst = out[:, p.edge_offset:p.edge_offset + p.num_edges]
+            if p.chunks * W == p.feat:
+                dst.view(B, p.n_out * p.n_in, p.feat).copy_(v)
+            else:
+                dst.reshape(B, p.n_out * p.n_in, p.chunks * W)[..., :p.feat].copy_(v)
+        return out
+
+    def _extras(self, get, B: int) -> torch.Tensor:
+        vals = [get(k).reshape(B, -1).to(torch.float64) for k in self.ws.extras]
+        if not vals:
+            return torch.zeros(B, 0, dtype=torch.float64)
+        return torch.cat(vals, dim=1)
+
+    def _check_exact_extras(self, sd, batched) -> None:
+        for k in self.ws.extras:
+            v = sd[k]
+            if not v.is_floating_point() and v.numel() and v.abs().max() > 2 ** 53:
+                raise ValueError(f"{k!r} holds integers too large to store exactly in the graph")
+
+    def graph(self, state_dict: Mapping[str, torch.Tensor], check: bool = True) -> ParamGraph:
+        if check:
+            self.ws.check(state_dict)
+            self._check_exact_extras(state_dict, False)
+        dev = state_dict[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
+        edge_attr = self._fill(lambda k: state_dict[k], 1, dev)[0]
+        return ParamGraph(x=self.x, edge_index=self.edge_index, edge_attr=edge_attr,
+                          edge_type=self.edge_type, edge_pos=self.edge_pos,
+                          node_type=self.node_type, node_pos=self.node_pos,
+                          extras=self._extras(lambda k: state_dict[k], 1),
+                          layout=self.layout, width=torch.tensor([self.width]),
+                          num_nodes=self.num_nodes)
+
+    def graphs(self, stacked: Mapping[str, torch.Tensor], check: bool = True) -> Batch:
+        if check:
+            self.ws.check(stacked, batched=True)
+            self._check_exact_extras(stacked, True)
+        B = int(next(iter(stacked.values())).shape[0])
+        dev = stacked[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
+        N, E = self.num_nodes, self.num_edges
+        edge_attr = self._fill(lambda k: stacked[k], B, dev).reshape(B * E, self.width)
+        node_off = torch.arange(B, device=dev) * N
+        edge_index = (self.edge_index.to(dev).unsqueeze(1) + node_off.view(1, B, 1)).reshape(2, B * E)
+        rep = lambda t: t.to(dev).repeat(B, *([1] * (t.dim() - 1)))  # noqa: E731
+        batch = Batch(_base_cls=ParamGraph, x=rep(self.x), edge_index=edge_index, edge_attr=edge_attr,
+                      edge_type=rep(self.edge_type), edge_pos=rep(self.edge_pos),
+                      node_type=rep(self.node_type), node_pos=rep(self.node_pos),
+                      extras=self._extras(lambda k: stacked[k], B),
+                      layout=[self.layout] * B, width=torch.full((B,), self.width),
+                      batch=torch.arange(B, device=dev).repeat_interleave(N),
+                      ptr=torch.arange(B + 1, device=dev) * N)
+        steps = lambda n: torch.arange(B + 1) * n  # noqa: E731
+        batch._num_graphs = B
+        batch._slice_dict = {"x": steps(N), "edge_index": steps(E), "edge_attr": steps(E),
+                             "edge_type": steps(E), "edge_pos": steps(E), "node_type": steps(N),
+                             "node_pos": steps(N), "extras": steps(1), "layout": steps(1),
+                             "width": steps(1)}
+        zeros = torch.zeros(B, dtype=torch.long)
+        batch._inc_dict = {k: zeros for k in batch._slice_dict}
+        batch._inc_dict["edge_index"] = torch.arange(B) * N
+        return batch
+
+    def _unfill(self, edge_attr: torch.Tensor, B: int) -> dict[str, torch.Tensor]:
+        if edge_attr.shape[-1] != self.width or edge_attr.numel() != B * self.num_edges * self.width:
+            raise ValueError(f"graph has edge features of shape {tuple(edge_attr.shape)}; this weight "
+                             f"space's {self.layout} layout has {self.num_edges} edges of width "
+                             f"{self.width} per graph: was it made by another architecture?")
+        ea = edge_attr.reshape(B, self.num_edges, self.width)
+        out: dict[str, torch.Tensor] = {}
+        for p in self.plans:
+            src = ea[:, p.edge_offset:p.edge_offset + p.num_edges]
+            v = src.reshape(B, p.n_out * p.n_in, p.chunks * self.width)[..., :p.feat]
+            split_perm = [p.split[d] for d in p.order]
+            v = v.reshape((B,) + tuple(split_perm))
+            inv = [0] * len(p.order)
+            for j, d in enumerate(p.order):
+                inv[d] = j
+            v = v.permute((0,) + tuple(j + 1 for j in inv)).reshape((B,) + p.shape)
+            out[p.name] = v.to(p.dtype).contiguous()
+        return out
+
+    def _assemble(self, weights: dict[str, torch.Tensor], extras: torch.Tensor, B: int, batched: bool):
+        ws = self.ws
+        ex: dict[str, torch.Tensor] = {}
+        off = 0
+        for k in ws.extras:
+            n = prod(ws.shapes[k])
+            v = extras[:, off:off + n].reshape((B,) + ws.shapes[k]).to(ws.dtypes[k])
+            ex[k] = v
+            off += n
+        out: dict[str, torch.Tensor] = {}
+        for k in ws.keys:
+            canon = ws.aliases.get(k, k)
+            v = weights[canon] if canon in weights else ex[canon]
+            out[k] = v if batched else v[0]
+        return out
+
+    def state_dict(self, graph) -> dict[str, torch.Tensor]:
+        return self._assemble(self._unfill(graph.edge_attr, 1), graph.extras.reshape(1, -1), 1, False)
+
+    def state_dicts(self, batch) -> dict[str, torch.Tensor]:
+        B = int(batch.num_graphs)
+        return self._assemble(self._unfill(batch.edge_attr, B), batch.extras.reshape(B, -1), B, True)
+
+    def node_index(self, perm) -> torch.Tensor:
+        by_space = self.ws._by_space(perm.perms)
+        idx = torch.arange(self.num_nodes)
+        for ns in self.sets.values():
+            if ns.hub:
+                continue
+            m = index_map(ns.key, self.sizes, by_space)
+            if m is not None:
+                idx[ns.offset:ns.offset + ns.size] = m + ns.offset
+        return idx

@@ -1,0 +1,6 @@
+"""WeightSpace: neuron groups (symmetries), permutations, scalings."""
+from .propagate import Spaces, UnsupportedOpWarning
+from .weightspace import Group, Permutation, Scaling, StateDictError, WeightSpace, architecture_key
+
+__all__ = ["WeightSpace", "Group", "Permutation", "Scaling", "StateDictError", "Spaces",
+           "UnsupportedOpWarning", "architecture_key"]
