@@ -41,9 +41,9 @@ STRUCTURAL = ("concat", "product")
 class ParamGraph(Data):
     """A parameter graph (torch_geometric ``Data``).
 
-    Attributes: ``x`` [N, 3] node features (is_fixed, relative position in a fixed set,
-    is_hub); ``node_type`` [N] node-set id; ``node_pos`` [N] position in a fixed set
-    (0 for group neurons); ``edge_index`` [2, E]; ``edge_attr`` [E, width] weight values;
+    Attributes: ``x`` [N, 3] node features (is_fixed, relative position among the fixed
+    coordinates of its set, is_hub); ``node_type`` [N] node-set id; ``node_pos`` [N]
+    position among fixed coordinates (0 for neurons of a group); ``edge_index`` [2, E]; ``edge_attr`` [E, width] weight values;
     ``edge_type`` [E] weight-tensor id (or a structural type past the last tensor);
     ``edge_pos`` [E] chunk index within the (out, in) pair; ``extras`` [1, K] non-weight
     state entries (e.g. BatchNorm step counters), float64; ``layout`` and ``width``.
@@ -159,7 +159,7 @@ class GraphLayout:
                 neuron_axes = [outs[0], ins[0]]
         split: list[int] = []
         labels: list[str] = []   # per split dim: "o", "i" or "f"
-        sets: list[_NodeSet] = []
+        sets: dict[str, _NodeSet] = {}
         for k, s in enumerate(structs):
             if k in neuron_axes:
                 role = "o" if k == neuron_axes[0] else "i"
@@ -168,23 +168,22 @@ class GraphLayout:
                     for a in s[0]:
                         split.append(self.sizes[a])
                         labels.append(role if sp.free[a] else "f")
-                    sets.append(self._node_set((tuple(free_atoms),), fixed=False))
+                    sets[role] = self._node_set((tuple(free_atoms),), fixed=False)
                 else:
                     split.append(shape[k])
                     labels.append(role)
-                    sets.append(self._node_set(tuple(s), fixed=True))
+                    sets[role] = self._node_set(tuple(s), fixed=not any(sp.free[a] for seg in s for a in seg))
             else:
                 split.append(shape[k])
                 labels.append("f")
         if not neuron_axes:
-            sets.append(self._node_set(("hub", name), fixed=True, hub=True))
+            sets["o"] = self._node_set(("hub", name), fixed=True, hub=True)
         order = tuple([d for d, l in enumerate(labels) if l == "o"] + [d for d, l in enumerate(labels) if l == "i"]
                       + [d for d, l in enumerate(labels) if l == "f"])
         n_out = prod(split[d] for d, l in enumerate(labels) if l == "o")
         n_in = prod(split[d] for d, l in enumerate(labels) if l == "i")
         feat = prod(split[d] for d, l in enumerate(labels) if l == "f")
-        out_set = sets[0]
-        in_set = sets[1] if len(sets) > 1 else None
+        out_set, in_set = sets["o"], sets.get("i")
         return out_set, in_set, tuple(split), order, n_out, n_in, feat
 
     def _best_width(self, axes_info) -> int:
@@ -251,19 +250,35 @@ class GraphLayout:
         return out
 
     def _node_features(self) -> None:
+        """Features that permutations cannot change: for each node, whether all its
+        coordinates are fixed, and its position among the fixed coordinates of its set."""
         N = self.num_nodes
+        free = self.ws.spaces.free
         x = torch.zeros(N, 3)
         node_type = torch.zeros(N, dtype=torch.long)
         node_pos = torch.zeros(N, dtype=torch.long)
         for t, ns in enumerate(self.sets.values()):
-            sl = slice(ns.offset, ns.offset + ns.size)
-            node_type[sl] = t
-            if ns.fixed:
-                x[sl, 0] = 1.0
-                node_pos[sl] = torch.arange(ns.size)
-                x[sl, 1] = torch.linspace(0, 1, ns.size) if ns.size > 1 else 0.0
+            node_type[ns.offset:ns.offset + ns.size] = t
             if ns.hub:
-                x[sl, 2] = 1.0
+                x[ns.offset, 0] = x[ns.offset, 2] = 1.0
+                continue
+            off, base = ns.offset, 0
+            for seg in ns.key:
+                sizes = [self.sizes[a] for a in seg]
+                n = prod(sizes)
+                fixed = [j for j, a in enumerate(seg) if not free[a]]
+                n_fixed = prod(sizes[j] for j in fixed)
+                pos = torch.zeros(n, dtype=torch.long)
+                if fixed and n:
+                    coords = torch.unravel_index(torch.arange(n), tuple(sizes))
+                    for j in fixed:
+                        pos = pos * sizes[j] + coords[j]
+                sl = slice(off, off + n)
+                node_pos[sl] = base + pos
+                x[sl, 1] = pos.float() / max(n_fixed - 1, 1)
+                x[sl, 0] = float(len(fixed) == len(seg))
+                off += n
+                base += n_fixed
         self.x, self.node_type, self.node_pos = x, node_type, node_pos
 
     # -- conversion ----------------------------------------------------------------------------
