@@ -148,10 +148,10 @@ class _Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    """nanoGPT-style decoder: vocabulary 11, context 6, width 8, 2 heads, 1 block, tied
+    """nanoGPT-style decoder: vocabulary 11, context 6, width 4, 2 heads, 1 block, tied
     input/output embeddings."""
 
-    def __init__(self, vocab=11, block_size=6, d=8, n_head=2, n_layer=1):
+    def __init__(self, vocab=11, block_size=6, d=4, n_head=2, n_layer=1):
         super().__init__()
         self.wte = nn.Embedding(vocab, d)
         self.wpe = nn.Embedding(block_size, d)

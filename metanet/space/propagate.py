@@ -104,6 +104,7 @@ class Propagator:
         self.no_sign: list[tuple[Struct, str]] = []
         self.extra_neuron: list[Struct] = []
         self.warned: list[str] = []
+        self.unknown_ops: list[tuple[str, list[int]]] = []
         for name, shape in graph.param_shapes.items():
             canon = self.aliases.get(name, name)
             if canon in self.p:
@@ -181,11 +182,9 @@ class Propagator:
     def unknown(self, n: OpNode, why: str | None = None) -> Any:
         msg = why or f"{n.where()}: the neuron-group propagation does not know this op; " \
                      f"axes through it are fixed (sound, but fewer symmetries)"
-        loses = any(not self.V.fixed[self.V.find(a)] for x in self._tensor_args(n)
-                    for s in self.t(x) or [] for a in self.V.atoms(s))
-        if loses and msg not in self.warned:
-            self.warned.append(msg)
-            warnings.warn(msg, UnsupportedOpWarning, stacklevel=4)
+        lost = [a for x in self._tensor_args(n) for s in self.t(x) or [] for a in self.V.atoms(s)
+                if not self.V.fixed[self.V.find(a)]]
+        self.unknown_ops.append((msg, lost))
         for a in self._tensor_args(n):
             for s in self.t(a) or []:
                 self.V.fix(s)
@@ -278,6 +277,12 @@ class Propagator:
                     if k not in keep:
                         V.fix(structs[k])
         resolved = {name: [V.resolve(s) for s in structs] for name, structs in self.p.items()}
+        # warn about unknown ops only where fixing their axes cost a weight its symmetry
+        param_roots = {V.find(a) for structs in resolved.values() for s in structs for seg in s for a in seg}
+        for msg, lost in self.unknown_ops:
+            if msg not in self.warned and any(V.find(a) in param_roots for a in lost):
+                self.warned.append(msg)
+                warnings.warn(msg, UnsupportedOpWarning, stacklevel=5)
         order: dict[int, int] = {}
         for name in self.g.param_shapes:
             for s in resolved[name]:
@@ -818,6 +823,40 @@ class Propagator:
         bounds = sorted({0, start, start + length, sx[d]})
         pieces = self._pieces(n, X, d, [b - a for a, b in zip(bounds, bounds[1:])])
         return pieces[bounds.index(start)]
+
+    def op_constant_pad_nd(self, n: OpNode):
+        x = n.args[0]
+        X = list(self.t(x))
+        pad = list(n.args[1])
+        res = list(X)
+        for j in range(len(pad) // 2):
+            d = len(X) - 1 - j
+            if pad[2 * j] or pad[2 * j + 1]:
+                self.V.fix(X[d])
+                res[d] = self.V.fixed_struct(n.shape[d])
+        return res
+
+    op_pad = op_reflection_pad1d = op_reflection_pad2d = op_replication_pad2d = op_constant_pad_nd
+
+    def op_index(self, n: OpNode):
+        """``x[..., idx, ...]`` with one index tensor: the indexed axis is fixed."""
+        x, indices = n.args[0], list(n.args[1])
+        X = list(self.t(x))
+        pos = [k for k, a in enumerate(indices) if a is not None]
+        if len(pos) != 1 or not _is_tensor_arg(indices[pos[0]]):
+            return self.unknown(n)
+        k = pos[0]
+        self.V.fix(X[k])
+        res = X[:k] + list(self.t(indices[k])) + X[k + 1:]
+        if len(res) != len(n.shape):
+            return self.unknown(n)
+        return res
+
+    def op_index_select(self, n: OpNode):
+        X = list(self.t(n.args[0]))
+        d = int(n.args[1]) % len(X)
+        self.V.fix(X[d])
+        return X[:d] + [self.V.fixed_struct(n.shape[d])] + X[d + 1:]
 
     def op_getitem(self, n: OpNode):
         src = n.args[0]
