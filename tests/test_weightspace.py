@@ -13,7 +13,6 @@ from metanet import StateDictError, TraceError, UnsupportedOpWarning, WeightSpac
 from metanet.trace.export import _default_kwargs, tensor_leaves
 
 NAMES = sorted(archs.ARCHS)
-RNN = {"gru", "lstm"}  # fused recurrent ops: not understood yet, every axis fixed (sound)
 RTOL = 1e-5
 
 
@@ -76,7 +75,7 @@ def test_permutations_preserve_function(name):
         psd = ws.permute(sd, p)
         moved |= any(not torch.equal(psd[k], sd[k]) for k in sd)
         assert rel_err(ref, outputs_with(name, psd)) < RTOL
-    assert moved or name in RNN, "permutations moved no weight"
+    assert moved, "permutations moved no weight"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -145,7 +144,7 @@ def test_graph_is_equivariant(name, layout):
         for attr in ("x", "node_type", "node_pos"):
             assert torch.equal(getattr(g0, attr)[came_from], getattr(g1, attr))
         if ws.groups and not all(bool((q == torch.arange(len(q))).all()) for q in p.perms):
-            assert not torch.equal(g0.edge_attr, g1.edge_attr) or name in RNN
+            assert not torch.equal(g0.edge_attr, g1.edge_attr)
 
 
 def _fixed_output_layers(ws):
@@ -165,7 +164,7 @@ def _fixed_output_layers(ws):
     return out
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in RNN])
+@pytest.mark.parametrize("name", NAMES)
 def test_only_output_layers_are_fixed(name):
     # every hidden Linear/Conv output carries a group; only the layer that writes the
     # model's output is fixed
@@ -178,6 +177,7 @@ def test_only_output_layers_are_fixed(name):
     ("transformer_encoder", 7),  # residual; per layer: heads, head dims (packed qkv), FFN hidden
     ("gpt", 9),                  # residual; per block: heads, q/k dims, v dims, MLP hidden
     ("mlp_relu", 2), ("small_cnn", 3), ("cnn_flatten", 3), ("densenet", 5), ("unet", 8),
+    ("gru", 1), ("lstm", 1),     # hidden units (gate blocks fixed)
 ])
 def test_exact_group_counts(name, count):
     assert len(space(name).groups) == count
@@ -193,7 +193,7 @@ def test_attention_structure_gpt():
     assert len(qkv) == 3  # q, k, v blocks
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in RNN])
+@pytest.mark.parametrize("name", NAMES)
 def test_sensitivity_permuting_one_of_tied_tensors_changes_outputs(name):
     ws = space(name)
     model, x = build(name)
@@ -260,6 +260,26 @@ def test_batched_permute_matches_single():
     a = ws.permute(stacked, p, batched=True)
     b = ws.permute(sd, p)
     assert all(torch.equal(a[k][0], b[k]) for k in sd)
+
+
+def test_stacked_bidirectional_recurrent_layers():
+    class Deep(nn.Module):
+        def __init__(self, cell):
+            super().__init__()
+            self.rnn = cell(4, 6, num_layers=2, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    x = (torch.randn(2, 5, 4),)
+    for cell in (nn.LSTM, nn.GRU, nn.RNN):
+        model = Deep(cell).eval()
+        ws = WeightSpace.of(model, x, cache=False)
+        assert [g.size for g in ws.groups] == [6, 6, 6, 6]  # 2 layers x 2 directions
+        sd, ref = model.state_dict(), outputs(model, x)
+        model.load_state_dict(ws.permute(sd, ws.sample_permutation()))
+        assert rel_err(ref, outputs(model, x)) < RTOL
 
 
 def test_tied_weights_stay_tied():

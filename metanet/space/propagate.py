@@ -858,6 +858,68 @@ class Propagator:
         self.V.fix(X[d])
         return X[:d] + [self.V.fixed_struct(n.shape[d])] + X[d + 1:]
 
+    def _recurrent(self, n: OpNode, gates: int):
+        """Fused RNN/GRU/LSTM: the hidden units of each layer and direction permute;
+        gate blocks are fixed (rows = gate x hidden unit)."""
+        x, hx, params = n.args[0], n.args[1], list(n.args[2])
+        has_bias, layers, bidir, batch_first = bool(n.args[3]), int(n.args[4]), bool(n.args[7]), bool(n.args[8])
+        dirs = 2 if bidir else 1
+        per = 4 if has_bias else 2
+        if len(params) != layers * dirs * per:
+            return self.unknown(n, f"{n.where()}: recurrent layer with projections is not "
+                                   f"understood; axes through it are fixed")
+        X = list(self.t(x))
+        seq = 0 if not batch_first else 1
+        if len(X) == 3:
+            self.V.fix(X[seq])
+        H = self.shape(params[1])[1]
+        states = [hx] if _is_tensor_arg(hx) else [a for a in hx if _is_tensor_arg(a)]
+        # constant initial states (zeros) are unchanged by any permutation; only a real
+        # state, whose one axis serves every layer, ties the layers' hidden units together
+        states = [s for s in states if not (isinstance(s, Ref) and self.g.nodes[s.index].op in _FREE_CONST)]
+        inp = X[-1]
+        for layer in range(layers):
+            hidden = []
+            for d in range(dirs):
+                w_ih, w_hh = params[(layer * dirs + d) * per: (layer * dirs + d) * per + 2]
+                h = self.V.atom(H)
+                rows = self._prod(self.V.fixed_struct(gates, neuron=False), h) if gates > 1 else h
+                self.V.unify(self.t(w_ih)[0], rows)
+                self.V.unify(self.t(w_ih)[1], inp)
+                self.V.unify(self.t(w_hh)[0], rows)
+                self.V.unify(self.t(w_hh)[1], h)
+                for w in (w_ih, w_hh):
+                    self.role(w, 0, "out")
+                    self.role(w, 1, "in")
+                if has_bias:
+                    for b in params[(layer * dirs + d) * per + 2: (layer * dirs + d) * per + 4]:
+                        self.V.unify(self.t(b)[0], rows)
+                        self.role(b, 0, "out")
+                for s in states:
+                    self.V.unify(self.t(s)[-1], h)
+                hidden.append(h)
+            inp = tuple(seg for h in hidden for seg in self.V.resolve(h))
+        self.forbid([self.t(p) for p in params], f"{n.where()} (gates)")
+        shapes = n.shape
+        out = list(X[:-1]) + [inp]
+        if len(X) == 3:
+            out[seq] = self.V.fixed_struct(shapes[0][seq])
+        state_out = [self.V.fixed_struct(shapes[1][0]), self.V.atom(shapes[1][1]),
+                     self.t(states[0])[-1] if states else hidden[0] if layers * dirs == 1
+                     else self.V.fixed_struct(H)]
+        return [out] + [list(state_out) for _ in shapes[1:]]
+
+    def op_lstm(self, n: OpNode):
+        return self._recurrent(n, 4)
+
+    def op_gru(self, n: OpNode):
+        return self._recurrent(n, 3)
+
+    def op_rnn_tanh(self, n: OpNode):
+        return self._recurrent(n, 1)
+
+    op_rnn_relu = op_rnn_tanh
+
     def op_getitem(self, n: OpNode):
         src = n.args[0]
         res = self.out.get(src.index)
