@@ -140,6 +140,8 @@ def plot_graph(ws, graph, path: str | Path | None = None, *, max_edges: int = 30
     pairs: list[tuple[torch.Tensor, ...]] = []
     loops: dict[int, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 
+    n_loops_edges = 0
+
     def touch(col, rank, role, name):
         if rank < col.rank:
             col.rank, col.first_role, col.first_weight = rank, role, name
@@ -158,6 +160,7 @@ def plot_graph(ws, graph, path: str | Path | None = None, *, max_edges: int = 30
             touch(out_col, 2 * r + 1, "self", p.name)
             out_col.writer = out_col.writer or p.name
             loops.setdefault(out_col.set_index, []).append((p.name, dst, mean, mag))
+            n_loops_edges += p.num_edges
             continue
         in_col = cols[int(node_set[src[0]])]
         if first.get(p.name, never)[1] == "embedding":
@@ -283,12 +286,18 @@ def plot_graph(ws, graph, path: str | Path | None = None, *, max_edges: int = 30
             ax.text(xs[c.set_index], ymin - 0.8, c.label, ha="center" if ncols <= 10 else "right",
                     va="top", fontsize=7, rotation=0 if ncols <= 10 else 30, rotation_mode="anchor")
 
-    ax.set_xlim(-1.2, xmax + 1.6 + 0.28 * max([len(v) for v in loops.values()] + [0]))
-    ax.set_ylim(ymin - (2.6 if labels else 1.0), ytop + 1.6)
+    right = max([xs[c.set_index] + 0.42 + 0.28 * len(loops.get(c.set_index, ())) for c in cols] + [0.0])
+    ax.set_xlim(-1.2, max(right, xmax) + 0.8)
+    ax.set_ylim(ymin - (2.1 if labels else 1.0), ytop + 1.3)
     ax.axis("off")
 
-    shown = (f"; drawn: the {max_edges:,} strongest of {total_pairs:,} neuron pairs"
-             if total_pairs > max_edges else "")
+    n_pair_edges = sum(p.num_edges for p in L.plans) - n_loops_edges
+    if total_pairs > max_edges:
+        shown = f"\ndrawn: the {max_edges:,} strongest of {total_pairs:,} neuron pairs (one line per pair)"
+    elif total_pairs != n_pair_edges:
+        shown = f"\n{n_pair_edges:,} parameter edges drawn as {total_pairs:,} lines (one per neuron pair)"
+    else:
+        shown = ""
     head = title or f"Parameter graph ({layout_name} layout, edge width {W})"
     ax.set_title(f"{head}\n{_plural(N, 'node')}, {_plural(E, 'edge')} ({L.num_param_edges:,} parameter, "
                  f"{n_struct:,} structural), {_plural(len(ws.groups), 'neuron group')}, "
@@ -306,8 +315,11 @@ def plot_graph(ws, graph, path: str | Path | None = None, *, max_edges: int = 30
         Line2D([], [], color="none", label="opacity: mean |w| / max in tensor"),
     ]
     if n_loops:
+        used = {_short(name) for items in loops.values() for name, *_ in items}
+        keys = [f"{a} {b}" for a, b in (("w", "weight"), ("b", "bias"), ("μ", "running mean"),
+                                         ("σ²", "running var")) if a in used]
         handles.append(Line2D([], [], marker="s", ls="", mfc="#888", mec="none",
-                              label="self-loop, one per tensor\n(w weight, b bias, μ σ² BN stats)"))
+                              label="self-loop, one square per tensor" + (f"\n({', '.join(keys)})" if keys else "")))
     for k in ("concat", "product"):
         if (s_kind == k).any():
             handles.append(Line2D([], [], color=STRUCT_COLORS[k], ls=(0, (3, 2)), label=f"structural: {k}"))
