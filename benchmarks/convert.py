@@ -387,8 +387,8 @@ def write_markdown(res: dict) -> str:
               "process also pays torch.export's one-time warm-up, here taken by the Small CNN, traced first). "
               "Graph bytes count every tensor of the graph (edge_index, edge_attr, edge_type, edge_pos, x, "
               "node_type, node_pos, extras); only edge_attr and extras are new per checkpoint, the rest is the "
-              "layout's, shared by every graph of the architecture. `state_dict(g)` returns views of "
-              "`g.edge_attr` where the layout allows (no copy), hence faster than clone.",
+              "layout's, shared by every graph of the architecture. `state_dict(g)` returns fresh tensors "
+              "(never views of `g.edge_attr`).",
               "",
               f"## Batches: {batch['checkpoints']:,} Small-CNN checkpoints", "",
               f"Random checkpoints stacked ({fmt_b(batch['stacked_bytes'])}); baseline: `torch.stack` per key over a "
@@ -430,33 +430,21 @@ def write_markdown(res: dict) -> str:
 NOTES = [
     "For ResNet-50 the compact layout chooses edge width 1 and so is the param layout: the width is one "
     "number for the whole graph, and at width 9 the 1x1 convolutions, the classifier and the BatchNorm "
-    "entries (56% of the values) would be 8/9 padding, which costs more than the 3x3 kernels (44%) save.",
+    "entries (56% of the values) would be 8/9 padding, which costs more than the 3x3 kernels (44%) save. "
+    "`ws.graph(sd, width=9)` forces the neural-graph view.",
     "Where `ws.graph(sd)` spends its time for ResNet-50: `ws.check` (~0.2 ms), then "
-    "`GraphLayout._fill` (metanet/graph/layout.py) allocates one 98 MiB `edge_attr` (`out = alloc(B, "
-    "self.num_edges, W, ...)`) and copies each of the 267 tensors into its slice (`dst.view(...).copy_(v)`). "
-    "Copying into an already-touched buffer takes 6-9 ms, about the clone's time. Whether the new buffer "
-    "arrives already touched depends on the allocator's state: glibc serves allocations over 32 MiB with "
-    "a fresh mmap, whose pages fault on first touch (filling a fresh 98 MiB tensor takes ~17 ms here, "
-    "4 KiB pages), while the clone's 267 tensors of at most 8 MiB are often recycled from the heap. "
-    "Separate runs measured `graph(sd)` between 5.8 and 23 ms and the ratio between 1.2x and 4.4x "
-    "(once 6.4x, with 5 non-interleaved repeats while other processes loaded the machine); single "
-    "repeats can take 10-50x longer on this shared VM, hence medians of interleaved repeats. A way to "
-    "make it robust: let `graph`/`graphs` fill a caller-provided, reused `edge_attr` buffer (an `out=` "
-    "argument) when converting many checkpoints in a loop.",
-    "The layout's one-time construction (GraphLayout.__init__, metanet/graph/layout.py lines 112-132) "
-    "builds per-tensor index lists with arange/repeat_interleave/repeat/full, concatenates them "
-    "(`torch.cat`, line 131) and stacks src and dst (`torch.stack`, line 132). At the peak the lists "
-    "(src, dst, edge_type, edge_pos), the concatenated src and dst and the stacked edge_index are alive "
-    "together: 64 bytes per edge, 1.53 GiB for ResNet-50's 25.6M edges, which is the measured peak; cat "
-    "and stack are also about half of the build time (0.4-1.8 s in different runs). Preallocating "
-    "edge_index [2, E], edge_type and edge_pos and filling each tensor's slice by broadcasting (e.g. "
-    "`edge_index[1, sl].view(n_out, n_in * chunks).copy_((arange(n_out) + offset)[:, None])`) would bring "
-    "the peak to the graph's own 32 bytes per edge.",
+    "`GraphLayout._fill` (metanet/graph/layout.py) allocates one 98 MiB `edge_attr` and copies each of "
+    "the 267 tensors into its slice. Copying into an already-touched buffer takes about the clone's time. "
+    "Whether the new buffer arrives already touched depends on the allocator: glibc serves allocations "
+    "over 32 MiB with a fresh mmap, whose pages fault on first touch, while the clone's 267 tensors of at "
+    "most 8 MiB are often recycled from the heap. The ratio therefore moves with the machine's load: "
+    "separate runs measured it between 1.2x and 8.5x; compare runs only on a quiet machine.",
+    "The layout (edge_index, edge_type, edge_pos, node features) is built once per architecture into "
+    "preallocated tensors, slice by slice, so its peak memory is the graph's own size.",
     "Small CNN: `graph(sd)` costs ~0.3 ms whatever the size (the state-dict check and building the "
-    "`Data` object), 4-5x a clone of its 19 KiB; for single small checkpoints use `ws.graphs` on a batch. "
-    "Its graph has no input node: the grayscale input's axis has size 1, and the layout does not make "
-    "neuron nodes for axes of size 1, so conv1's kernels are self-loops on conv1's neurons (58 nodes = "
-    "3 x 16 hidden + 10 outputs).",
+    "`Data` object), 4-5x a clone of its 19 KiB; for many small checkpoints use `ws.graphs` on a batch. "
+    "Its grayscale input channel is one node (a lone neuron), so the graph has 59 nodes "
+    "(1 input + 3 x 16 hidden + 10 outputs).",
 ]
 
 

@@ -251,6 +251,40 @@ def test_batched_graphs_match_single_graphs():
             assert all(torch.equal(one[k], sds[i][k]) for k in one)
 
 
+def test_graph_memory_is_not_shared_with_outputs():
+    ws = space("small_cnn")
+    sd = archs.ARCHS["small_cnn"]()[0].state_dict()
+    g = ws.graph(sd)
+    back = ws.state_dict(g)
+    before = g.edge_attr.clone()
+    for v in back.values():
+        v.zero_()
+    assert torch.equal(g.edge_attr, before)       # editing the state dict leaves the graph
+    g2 = ws.graph(sd, copy=True)
+    g2.x[:, 0] += 1
+    assert not torch.equal(ws.graph(sd).x, g2.x)  # a copied graph owns its structure
+
+
+def test_lone_neurons_and_attention_structure_are_nodes():
+    # one output (INR) and one input channel (grayscale) are nodes, not self-loops
+    siren = space("siren").layout()
+    assert not any(ns.hub for ns in siren.sets.values())
+    assert sum(ns.unit for ns in siren.sets.values()) == 1
+    cnn = space("small_cnn").layout()
+    assert sum(ns.unit for ns in cnn.sets.values()) == 1
+    # in a fused qkv, the q and k blocks meet in one node set (their inner product), and
+    # heads x dims sets link to a set of heads
+    gpt = space("gpt")
+    lay = gpt.layout()
+    qkv = [k for k in lay.sets if isinstance(k[0], tuple) and len(k) == 3]
+    assert len(qkv) == 2
+    q_seg, k_seg, v_seg = qkv[0]
+    assert q_seg == k_seg != v_seg and ((q_seg,) in lay.sets) and ((v_seg,) in lay.sets)
+    n_w = len(gpt.weights)
+    assert (lay.edge_type == n_w).sum() == 2 * 3 * 8       # concat edges: 2 blocks x 3 x 8
+    assert (lay.edge_type == n_w + 1).sum() > 0            # product (heads) edges
+
+
 def test_batched_permute_matches_single():
     ws = space("gpt")
     m, _ = archs.ARCHS["gpt"]()

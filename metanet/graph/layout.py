@@ -47,6 +47,11 @@ class ParamGraph(Data):
     ``edge_type`` [E] weight-tensor id (or a structural type past the last tensor);
     ``edge_pos`` [E] chunk index within the (out, in) pair; ``extras`` [1, K] non-weight
     state entries (e.g. BatchNorm step counters), float64; ``layout`` and ``width``.
+
+    The structure tensors (everything but ``edge_attr`` and ``extras``) of single graphs
+    are shared by all graphs of one architecture, which makes conversion cost a copy of
+    the weights and nothing more: treat them as read-only (rebind, do not edit in place),
+    or ask for ``copy=True``.
     """
 
 
@@ -72,6 +77,7 @@ class _NodeSet:
     size: int
     fixed: bool
     hub: bool = False
+    unit: bool = False   # a lone neuron (size-1 axis: one output, one input channel)
 
 
 class GraphLayout:
@@ -103,42 +109,47 @@ class GraphLayout:
                 dt = torch.promote_types(dt, d)
             self.dtype = dt
         self.plans: list[_Plan] = []
-        src, dst, etype, epos = [], [], [], []
         offset = 0
-        for t, name in enumerate(ws.weights):
+        sets = []
+        for name in ws.weights:
             out_set, in_set, split, order, n_out, n_in, feat = axes_info[name]
             chunks = max(1, ceil(feat / self.width))
             ne = n_out * n_in * chunks
             self.plans.append(_Plan(name, ws.shapes[name], split, order, n_out, n_in, feat, chunks,
                                     offset, ne, ws.dtypes[name]))
-            o = torch.arange(n_out).repeat_interleave(n_in * chunks) + out_set.offset
-            if in_set is None:
-                i = o
-            else:
-                i = torch.arange(n_in).repeat_interleave(chunks).repeat(n_out) + in_set.offset
-            src.append(i)
-            dst.append(o)
-            etype.append(torch.full((ne,), t, dtype=torch.long))
-            epos.append(torch.arange(chunks).repeat(n_out * n_in))
+            sets.append((out_set, in_set))
             offset += ne
         self.num_param_edges = offset
         s2, d2, t2 = self._structural_edges(len(ws.weights))
-        src += s2
-        dst += d2
-        etype += t2
-        epos += [torch.zeros(len(x), dtype=torch.long) for x in s2]
         self.num_edges = offset + sum(len(x) for x in s2)
-        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
-        self.edge_index = torch.stack([cat(src), cat(dst)])
-        self.edge_type = cat(etype)
-        self.edge_pos = cat(epos)
+        # fill preallocated arrays slice by slice: peak memory is the graph's own
+        E = self.num_edges
+        self.edge_index = torch.empty(2, E, dtype=torch.long)
+        self.edge_type = torch.empty(E, dtype=torch.long)
+        self.edge_pos = torch.zeros(E, dtype=torch.long)
+        for t, (p, (out_set, in_set)) in enumerate(zip(self.plans, sets)):
+            sl = slice(p.edge_offset, p.edge_offset + p.num_edges)
+            dst = self.edge_index[1, sl].view(p.n_out, p.n_in, p.chunks)
+            dst.copy_((torch.arange(p.n_out) + out_set.offset).view(-1, 1, 1).expand_as(dst))
+            src = self.edge_index[0, sl].view(p.n_out, p.n_in, p.chunks)
+            if in_set is None:
+                src.copy_(dst)
+            else:
+                src.copy_((torch.arange(p.n_in) + in_set.offset).view(1, -1, 1).expand_as(src))
+            self.edge_pos[sl].view(-1, p.chunks).copy_(torch.arange(p.chunks).expand(p.n_out * p.n_in, -1))
+            self.edge_type[sl] = t
+        off = offset
+        for s, d, ty in zip(s2, d2, t2):
+            sl = slice(off, off + len(s))
+            self.edge_index[0, sl], self.edge_index[1, sl], self.edge_type[sl] = s, d, ty
+            off += len(s)
         self._node_features()
 
     # -- construction -------------------------------------------------------------------------
-    def _node_set(self, key: tuple, fixed: bool, hub: bool = False) -> _NodeSet:
+    def _node_set(self, key: tuple, fixed: bool, hub: bool = False, unit: bool = False) -> _NodeSet:
         if key not in self.sets:
-            size = 1 if hub else sum(prod(self.sizes[a] for a in seg) for seg in key)
-            self.sets[key] = _NodeSet(key, self.num_nodes, size, fixed, hub)
+            size = 1 if hub or unit else sum(prod(self.sizes[a] for a in seg) for seg in key)
+            self.sets[key] = _NodeSet(key, self.num_nodes, size, fixed, hub, unit)
             self.num_nodes += size
         return self.sets[key]
 
@@ -147,9 +158,11 @@ class GraphLayout:
         sp = self.ws.spaces
         shape = self.ws.shapes[name]
         structs = sp.axes[name]
-        neuron_axes = [k for k, s in enumerate(structs)
-                       if shape[k] > 1 and any(sp.neuron[a] for seg in s for a in seg)]
         roles = sp.roles.get(name, {})
+        # size-1 axes with an in/out role are lone neurons (one output, one input channel)
+        neuron_axes = [k for k, s in enumerate(structs)
+                       if (shape[k] > 1 and any(sp.neuron[a] for seg in s for a in seg))
+                       or (shape[k] == 1 and k in roles)]
         if len(neuron_axes) > 2:
             neuron_axes = [k for k in neuron_axes if k in roles][:2] or neuron_axes[:2]
         if len(neuron_axes) == 2:
@@ -161,7 +174,13 @@ class GraphLayout:
         labels: list[str] = []   # per split dim: "o", "i" or "f"
         sets: dict[str, _NodeSet] = {}
         for k, s in enumerate(structs):
-            if k in neuron_axes:
+            if k in neuron_axes and shape[k] == 1:
+                role = "o" if k == neuron_axes[0] else "i"
+                split.append(1)
+                labels.append(role)
+                op = sp.role_ops.get(name, {}).get(k, -1)
+                sets[role] = self._node_set(("unit", op, roles[k]), fixed=True, unit=True)
+            elif k in neuron_axes:
                 role = "o" if k == neuron_axes[0] else "i"
                 free_atoms = [a for a in s[0] if sp.free[a]] if len(s) == 1 else []
                 if free_atoms:  # fold the fixed atoms of this axis into features
@@ -201,39 +220,37 @@ class GraphLayout:
         return best
 
     def _structural_edges(self, ntypes: int):
+        """Typed parameter-free edges. A concatenation links each block to a node set of
+        its own (so q and k blocks of a fused qkv meet in one set: their inner product);
+        a product of groups (heads x dims) links every neuron to its factors (the heads
+        become nodes)."""
+        free = self.ws.spaces.free
         src, dst, typ = [], [], []
         for key, ns in list(self.sets.items()):
-            if ns.hub:
+            if ns.hub or ns.unit:
                 continue
             if len(key) > 1:  # concatenation: each block -> its place
                 off = 0
                 for seg in key:
                     n = prod(self.sizes[a] for a in seg)
-                    sub = self._find_set(seg)
-                    if sub is not None and n > 0:
-                        idx = self._project(seg, sub.key[0])
-                        src.append(idx + sub.offset)
+                    atoms = tuple(a for a in seg if free[a]) or tuple(seg)
+                    if atoms and n > 0:
+                        sub = self._node_set((atoms,), fixed=not any(free[a] for a in atoms))
+                        src.append(self._project(seg, atoms) + sub.offset)
                         dst.append(torch.arange(n) + ns.offset + off)
                         typ.append(torch.full((n,), ntypes, dtype=torch.long))
                     off += n
-            elif len(key) == 1 and len(key[0]) > 1:  # product: each factor -> its rows
-                seg = key[0]
-                for a in dict.fromkeys(seg):
-                    sub = self.sets.get(((a,),))
-                    if sub is not None:
-                        src.append(self._project(seg, (a,)) + sub.offset)
-                        dst.append(torch.arange(ns.size) + ns.offset)
-                        typ.append(torch.full((ns.size,), ntypes + 1, dtype=torch.long))
+        for key, ns in list(self.sets.items()):
+            if ns.hub or ns.unit or len(key) != 1:
+                continue
+            factors = [a for a in dict.fromkeys(key[0]) if free[a]]
+            if len(factors) > 1:  # product of groups: each factor -> its rows
+                for a in factors:
+                    sub = self._node_set(((a,),), fixed=False)
+                    src.append(self._project(key[0], (a,)) + sub.offset)
+                    dst.append(torch.arange(ns.size) + ns.offset)
+                    typ.append(torch.full((ns.size,), ntypes + 1, dtype=torch.long))
         return src, dst, typ
-
-    def _find_set(self, seg: tuple) -> _NodeSet | None:
-        sp = self.ws.spaces
-        free = tuple(a for a in seg if sp.free[a])
-        if free and ((free,),) in self.sets:
-            return self.sets[((free,),)]
-        if (tuple(seg),) in self.sets and len(seg) > 0:
-            return self.sets[(tuple(seg),)]
-        return None
 
     def _project(self, seg: tuple, sub: tuple) -> torch.Tensor:
         """For every position of a product ``seg``, its position in the sub-product ``sub``."""
@@ -259,8 +276,9 @@ class GraphLayout:
         node_pos = torch.zeros(N, dtype=torch.long)
         for t, ns in enumerate(self.sets.values()):
             node_type[ns.offset:ns.offset + ns.size] = t
-            if ns.hub:
-                x[ns.offset, 0] = x[ns.offset, 2] = 1.0
+            if ns.hub or ns.unit:
+                x[ns.offset, 0] = 1.0
+                x[ns.offset, 2] = float(ns.hub)
                 continue
             off, base = ns.offset, 0
             for seg in ns.key:
@@ -309,15 +327,17 @@ class GraphLayout:
             if not v.is_floating_point() and v.numel() and v.abs().max() > 2 ** 53:
                 raise ValueError(f"{k!r} holds integers too large to store exactly in the graph")
 
-    def graph(self, state_dict: Mapping[str, torch.Tensor], check: bool = True) -> ParamGraph:
+    def graph(self, state_dict: Mapping[str, torch.Tensor], check: bool = True,
+              copy: bool = False) -> ParamGraph:
         if check:
             self.ws.check(state_dict)
             self._check_exact_extras(state_dict, False)
         dev = state_dict[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
         edge_attr = self._fill(lambda k: state_dict[k], 1, dev)[0]
-        return ParamGraph(x=self.x, edge_index=self.edge_index, edge_attr=edge_attr,
-                          edge_type=self.edge_type, edge_pos=self.edge_pos,
-                          node_type=self.node_type, node_pos=self.node_pos,
+        c = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
+        return ParamGraph(x=c(self.x), edge_index=c(self.edge_index), edge_attr=edge_attr,
+                          edge_type=c(self.edge_type), edge_pos=c(self.edge_pos),
+                          node_type=c(self.node_type), node_pos=c(self.node_pos),
                           extras=self._extras(lambda k: state_dict[k], 1),
                           layout=self.layout, width=torch.tensor([self.width]),
                           num_nodes=self.num_nodes)
@@ -367,7 +387,8 @@ class GraphLayout:
             for j, d in enumerate(p.order):
                 inv[d] = j
             v = v.permute((0,) + tuple(j + 1 for j in inv)).reshape((B,) + p.shape)
-            out[p.name] = v.to(p.dtype).contiguous()
+            # always fresh memory: editing the state dict must not edit the graph
+            out[p.name] = torch.empty(v.shape, dtype=p.dtype, device=v.device).copy_(v)
         return out
 
     def _assemble(self, weights: dict[str, torch.Tensor], extras: torch.Tensor, B: int, batched: bool):
@@ -397,7 +418,7 @@ class GraphLayout:
         by_space = self.ws._by_space(perm.perms)
         idx = torch.arange(self.num_nodes)
         for ns in self.sets.values():
-            if ns.hub:
+            if ns.hub or ns.unit:
                 continue
             m = index_map(ns.key, self.sizes, by_space)
             if m is not None:

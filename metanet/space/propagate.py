@@ -45,6 +45,7 @@ class Spaces:
     no_scale: dict[int, str] = field(default_factory=dict)   # space -> why no positive scaling
     no_sign: dict[int, str] = field(default_factory=dict)    # space -> why no sign flip
     scale_roles: dict[str, dict[int, str]] = field(default_factory=dict)
+    role_ops: dict[str, dict[int, int]] = field(default_factory=dict)   # name -> axis -> op index
     warnings: list[str] = field(default_factory=list)
 
 
@@ -99,6 +100,8 @@ class Propagator:
         self.p: dict[str, list[Struct]] = {}
         self.aliases = aliases or {}
         self.roles: dict[str, dict[int, str]] = {}
+        self.role_ops: dict[str, dict[int, int]] = {}   # which op gave the role
+        self.current = -1
         self.scale_roles: dict[str, dict[int, str]] = {}
         self.no_scale: list[tuple[Struct, str]] = []
         self.no_sign: list[tuple[Struct, str]] = []
@@ -146,6 +149,7 @@ class Propagator:
     def role(self, a: Any, axis: int, role: str, scale_role: str | None = None) -> None:
         if isinstance(a, Param):
             self.roles.setdefault(a.name, {})[axis] = role
+            self.role_ops.setdefault(a.name, {})[axis] = self.current
             self.scale_roles.setdefault(a.name, {})[axis] = scale_role or role
 
     def forbid(self, structs, why: str, scale: bool = True, sign: bool = True) -> None:
@@ -231,6 +235,7 @@ class Propagator:
                 continue
             if n.shape is None and _IGNORE.match(n.op):
                 continue
+            self.current = n.index
             handler = getattr(self, "op_" + n.op, None)
             if handler is None:
                 if n.op in _UNARY:
@@ -316,6 +321,7 @@ class Propagator:
                             no_sign.setdefault(a, f"{name} axis {k}")
         return Spaces(axes=axes, sizes=sizes, free=free, neuron=neuron, roles=self.roles,
                       no_scale=no_scale, no_sign=no_sign, scale_roles=self.scale_roles,
+                      role_ops=self.role_ops,
                       warnings=list(self.warned))
 
     def _collect(self, res: Any, acc: set[int]) -> None:

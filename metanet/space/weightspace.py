@@ -326,9 +326,12 @@ class WeightSpace:
         return self._layouts[key]
 
     def graph(self, state_dict: Mapping[str, torch.Tensor], layout: str = "compact", *,
-              width: int | None = None, check: bool = True):
-        """The neuron-level parameter graph of one checkpoint (a PyG ``Data``)."""
-        return self.layout(layout, width).graph(state_dict, check=check)
+              width: int | None = None, check: bool = True, copy: bool = False):
+        """The neuron-level parameter graph of one checkpoint (a PyG ``Data``).
+
+        Its structure tensors are shared with every graph of this architecture (read-only)
+        unless ``copy=True``."""
+        return self.layout(layout, width).graph(state_dict, check=check, copy=copy)
 
     def graphs(self, stacked: Mapping[str, torch.Tensor], layout: str = "compact", *,
                width: int | None = None, check: bool = True):
