@@ -334,13 +334,25 @@ class GraphLayout:
             self._check_exact_extras(state_dict, False)
         dev = state_dict[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
         edge_attr = self._fill(lambda k: state_dict[k], 1, dev)[0]
+        s = self._structure(dev)
         c = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
-        return ParamGraph(x=c(self.x), edge_index=c(self.edge_index), edge_attr=edge_attr,
-                          edge_type=c(self.edge_type), edge_pos=c(self.edge_pos),
-                          node_type=c(self.node_type), node_pos=c(self.node_pos),
+        return ParamGraph(x=c(s["x"]), edge_index=c(s["edge_index"]), edge_attr=edge_attr,
+                          edge_type=c(s["edge_type"]), edge_pos=c(s["edge_pos"]),
+                          node_type=c(s["node_type"]), node_pos=c(s["node_pos"]),
                           extras=self._extras(lambda k: state_dict[k], 1),
                           layout=self.layout, width=torch.tensor([self.width]),
                           num_nodes=self.num_nodes)
+
+    def _structure(self, device) -> dict[str, torch.Tensor]:
+        """The structure tensors on ``device`` (kept there once made)."""
+        device = torch.device(device)
+        if not hasattr(self, "_on_device"):
+            self._on_device = {}
+        key = str(device)
+        if key not in self._on_device:
+            names = ("x", "edge_index", "edge_type", "edge_pos", "node_type", "node_pos")
+            self._on_device[key] = {n: getattr(self, n).to(device) for n in names}
+        return self._on_device[key]
 
     def graphs(self, stacked: Mapping[str, torch.Tensor], check: bool = True) -> Batch:
         if check:
