@@ -176,26 +176,16 @@ def _to_op_graph(ep) -> OpGraph:
             return int(a)
         return str(a)
 
-    def refs(a: Any, acc: list) -> list:
-        if isinstance(a, Ref):
-            acc.append(a.index)
+    def collect(a: Any, kind: type, acc: list) -> list:
+        """Every ``kind`` (Ref or Param) inside a converted argument, in order."""
+        if isinstance(a, kind):
+            acc.append(a.index if kind is Ref else a.name)
         elif isinstance(a, (list, tuple)):
             for x in a:
-                refs(x, acc)
+                collect(x, kind, acc)
         elif isinstance(a, dict):
             for x in a.values():
-                refs(x, acc)
-        return acc
-
-    def params_in(a: Any, acc: list) -> list:
-        if isinstance(a, Param):
-            acc.append(a.name)
-        elif isinstance(a, (list, tuple)):
-            for x in a:
-                params_in(x, acc)
-        elif isinstance(a, dict):
-            for x in a.values():
-                params_in(x, acc)
+                collect(x, kind, acc)
         return acc
 
     for node in ep.graph.nodes:
@@ -224,8 +214,8 @@ def _to_op_graph(ep) -> OpGraph:
             kw = convert(dict(node.kwargs))
             module, mtype = _module_of(node)
             idx = len(nodes)
-            deps = tuple(dict.fromkeys(refs(args, []) + refs(kw, [])))
-            ps = tuple(dict.fromkeys(params_in(args, []) + params_in(kw, [])))
+            deps = tuple(dict.fromkeys(collect(args, Ref, []) + collect(kw, Ref, [])))
+            ps = tuple(dict.fromkeys(collect(args, Param, []) + collect(kw, Param, [])))
             nodes.append(OpNode(idx, node.name, op, kind_of(op), args=args, kwargs=kw,
                                 shape=_shape_of(val),
                                 dtype=str(val.dtype) if isinstance(val, torch.Tensor) else None,
@@ -235,9 +225,9 @@ def _to_op_graph(ep) -> OpGraph:
             outs = convert(node.args[0])
             outputs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             idx = len(nodes)
-            deps = tuple(dict.fromkeys(refs(outputs, [])))
+            deps = tuple(dict.fromkeys(collect(outputs, Ref, [])))
             nodes.append(OpNode(idx, node.name, "output", "output", args=tuple(outputs),
-                                inputs=deps, params=tuple(params_in(outputs, []))))
+                                inputs=deps, params=tuple(collect(outputs, Param, []))))
         else:  # get_attr etc. do not occur in exported programs; keep going soundly
             env[node.name] = Const(node.name, _shape_of(val) or ())
     return OpGraph(nodes=nodes, inputs=inputs, outputs=outputs, param_shapes=param_shapes,
