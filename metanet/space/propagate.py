@@ -635,9 +635,7 @@ class Propagator:
                     res.append(((),))
             else:
                 res.append(s)
-        if n.op not in ("mean", "sum", "amax", "amin"):
-            pass
-        else:
+        if n.op in ("mean", "sum", "amax", "amin"):  # other reductions forbid every axis (run)
             self.forbid([X[d] for d in dims], f"{n.where()} reduces over a neuron axis")
         return res
 
