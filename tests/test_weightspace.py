@@ -384,3 +384,49 @@ def test_unknown_op_fixes_axes_and_warns_once():
         ws = WeightSpace.of(Flip(), (torch.randn(2, 4),), cache=False)
     assert [g.size for g in ws.groups] == [6]  # only b's output neurons remain free
     assert any("fft" in w for w in ws.spaces.warnings)
+
+
+class _OpsNet(nn.Module):
+    """Hidden activations pass through one op each; the rule for it must keep the
+    function under permutations and keep (or, where needed, fix) the groups."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = self.op(torch.relu(self.a(x)))
+        h = torch.relu(self.b(h))
+        return self.head(h.mean((2, 3)))
+
+
+OPS = {  # op -> group sizes it leaves ([6, 6]: both hidden layers keep theirs)
+    "roll": (lambda h: torch.roll(h, shifts=(1, 2), dims=(2, 3)), [6, 6]),
+    "flip": (lambda h: torch.flip(h, dims=(3,)), [6, 6]),
+    "pad_crop": (lambda h: nn.functional.pad(h, (1, 1, 1, 1))[:, :, 1:-1, 1:-1], [6, 6]),
+    "einsum": (lambda h: torch.einsum("bchw->bchw", h) * 2.0, [6, 6]),
+    "chunk_cat": (lambda h: torch.cat(h.chunk(2, dim=1)[::-1], dim=1), [3, 3, 6]),  # two blocks
+    "permute_back": (lambda h: h.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), [6, 6]),
+    "softmax_channels": (lambda h: torch.softmax(h, dim=1), [6, 6]),
+    "cumsum_channels": (lambda h: torch.cumsum(h, dim=1), [6]),     # channel order matters
+    "select_channel": (lambda h: h * h[:, :1], [5, 6]),             # channel 0 singled out
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_op_rules(op):
+    fn, sizes = OPS[op]
+    torch.manual_seed(0)
+    model = _OpsNet(fn).eval()
+    x = (torch.randn(2, 3, 6, 6),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedOpWarning)
+        ws = WeightSpace.of(model, x, cache=False)
+    assert [g.size for g in ws.groups] == sizes
+    sd, ref = model.state_dict(), outputs(model, x)
+    for seed in range(3):
+        model.load_state_dict(ws.permute(sd, ws.sample_permutation(torch.Generator().manual_seed(seed))))
+        assert rel_err(ref, outputs(model, x)) < RTOL

@@ -59,7 +59,7 @@ _BOTH_OK = {  # ops linear in every channel: scaling and sign flips pass through
     "narrow", "getitem", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "upsample_nearest1d",
     "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact2d",
-    "upsample_bilinear2d", "neg", "mean", "sum",
+    "upsample_bilinear2d", "neg", "mean", "sum", "roll", "flip",
 }
 _HOMOGENEOUS = {"relu", "relu_", "leaky_relu", "leaky_relu_", "max_pool1d", "max_pool2d",
                 "max_pool3d", "max_pool2d_with_indices", "max_pool1d_with_indices",
@@ -841,6 +841,18 @@ class Propagator:
         return res
 
     op_pad = op_reflection_pad1d = op_reflection_pad2d = op_replication_pad2d = op_constant_pad_nd
+
+    def op_roll(self, n: OpNode):
+        """roll/flip move positions along some axes: those are fixed, the rest pass."""
+        X = list(self.t(n.args[0]))
+        dims = self.arg(n, 2 if n.op == "roll" else 1, "dims")
+        if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+            dims = list(range(len(X)))
+        for d in [dims] if isinstance(dims, int) else dims:
+            self.V.fix(X[int(d) % len(X)])
+        return X
+
+    op_flip = op_roll
 
     def op_index(self, n: OpNode):
         """``x[..., idx, ...]`` with one index tensor: the indexed axis is fixed."""
