@@ -267,12 +267,14 @@ def bench_single(name: str, model: nn.Module, x: torch.Tensor, repeats: int, tra
         r = {"layout_build_s": layout_s, **graph_sizes(ws, layout, g), "round_trip": round_trip_ok(ws, sd, g)}
         t = time_together({"clone": clone, "graph": lambda: ws.graph(sd, layout),
                            "graph_nocheck": lambda: ws.graph(sd, layout, check=False),
+                           "graph_out": lambda: ws.graph(sd, layout, out=g),
                            "inverse": lambda: ws.state_dict(g)}, repeats)
         r["clone_s"], r["clone_min_s"] = t["clone"]["median"], t["clone"]["min"]
-        for k in ("graph", "graph_nocheck", "inverse"):
+        for k in ("graph", "graph_nocheck", "graph_out", "inverse"):
             r[f"{k}_s"], r[f"{k}_min_s"] = t[k]["median"], t[k]["min"]
         r["graph_ratio"] = r["graph_s"] / r["clone_s"]
         r["graph_ratio_min"] = r["graph_min_s"] / r["clone_min_s"]
+        r["graph_out_ratio"] = r["graph_out_s"] / r["clone_s"]
         r["inverse_ratio"] = r["inverse_s"] / r["clone_s"]
         r["times"] = {k: v["all"] for k, v in t.items()}
         res[layout] = r
@@ -354,6 +356,12 @@ def write_markdown(res: dict) -> str:
         lines.append(f"| ResNet-50 `ws.graph(sd)`, {layout} | {fmt_s(r['graph_s'])} = **{r['graph_ratio']:.2f}x** "
                      f"clone (fastest: {r['graph_ratio_min']:.2f}x) | `{{k: v.clone()}}` {fmt_s(r['clone_s'])} "
                      f"| < {T['graph_ratio']:.0f}x | {verdict(r['graph_ratio'], T['graph_ratio'])} |")
+    for layout in ("compact", "param"):
+        r = r50[layout]
+        lines.append(f"| ResNet-50 `ws.graph(sd, out=g)` (refill, as in a conversion loop), {layout} | "
+                     f"{fmt_s(r['graph_out_s'])} = **{r['graph_out_ratio']:.2f}x** clone | `{{k: v.clone()}}` "
+                     f"{fmt_s(r['clone_s'])} | < {T['graph_ratio']:.0f}x | "
+                     f"{verdict(r['graph_out_ratio'], T['graph_ratio'])} |")
     for layout in ("compact", "param"):
         r = batch[layout]
         lines.append(f"| {batch['checkpoints']:,} Small-CNN checkpoints `ws.graphs(stacked)`, {layout} | "
@@ -438,7 +446,11 @@ NOTES = [
     "Whether the new buffer arrives already touched depends on the allocator: glibc serves allocations "
     "over 32 MiB with a fresh mmap, whose pages fault on first touch, while the clone's 267 tensors of at "
     "most 8 MiB are often recycled from the heap. The ratio therefore moves with the machine's load: "
-    "separate runs measured it between 1.2x and 8.5x; compare runs only on a quiet machine.",
+    "separate runs measured it between 1.2x and 8.5x; compare runs only on a quiet machine. "
+    "`ws.graph(sd, out=g)` refills a graph made before (a conversion loop) and allocates nothing: "
+    "that is the copy alone. (Asking the kernel for transparent huge pages for the new buffer was "
+    "tried: fast in isolation, but with the kernel's synchronous defragmentation it stalled for "
+    "hundreds of milliseconds under memory churn, so it is not used.)",
     "The layout (edge_index, edge_type, edge_pos, node features) is built once per architecture into "
     "preallocated tensors, slice by slice, so its peak memory is the graph's own size.",
     "Small CNN: `graph(sd)` costs ~0.3 ms whatever the size (the state-dict check and building the "

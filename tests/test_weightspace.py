@@ -265,6 +265,20 @@ def test_graph_memory_is_not_shared_with_outputs():
     assert not torch.equal(ws.graph(sd).x, g2.x)  # a copied graph owns its structure
 
 
+def test_refill_a_graph_in_place():
+    ws = space("resnet_basic")
+    sds = [archs.ARCHS["resnet_basic"]()[0].state_dict()]
+    sds.append({k: v * 2 if v.is_floating_point() else v + 1 for k, v in sds[0].items()})
+    g = ws.graph(sds[0])
+    ptr = g.edge_attr.data_ptr()
+    again = ws.graph(sds[1], out=g)
+    assert again is g and g.edge_attr.data_ptr() == ptr
+    assert torch.equal(g.edge_attr, ws.graph(sds[1]).edge_attr)
+    assert all(torch.equal(ws.state_dict(g)[k], sds[1][k]) for k in sds[1])
+    with pytest.raises(ValueError, match="pass a graph made by it"):
+        ws.graph(sds[0], "param", out=g)
+
+
 def test_lone_neurons_and_attention_structure_are_nodes():
     # one output (INR) and one input channel (grayscale) are nodes, not self-loops
     siren = space("siren").layout()

@@ -300,11 +300,17 @@ class GraphLayout:
         self.x, self.node_type, self.node_pos = x, node_type, node_pos
 
     # -- conversion ----------------------------------------------------------------------------
-    def _fill(self, get, B: int, device) -> torch.Tensor:
+    def _fill(self, get, B: int, device, out: torch.Tensor | None = None) -> torch.Tensor:
         W = self.width
-        pad = any(p.chunks * W != p.feat for p in self.plans) or self.num_edges > self.num_param_edges
-        alloc = torch.zeros if pad else torch.empty
-        out = alloc(B, self.num_edges, W, dtype=self.dtype, device=device)
+        if out is None:
+            pad = any(p.chunks * W != p.feat for p in self.plans) or self.num_edges > self.num_param_edges
+            alloc = torch.zeros if pad else torch.empty
+            out = alloc(B, self.num_edges, W, dtype=self.dtype, device=device)
+        else:  # refill a graph of this layout: its padding is still zero
+            if out.shape[-2:] != (self.num_edges, W) or out.dtype != self.dtype:
+                raise ValueError(f"out has edge features {tuple(out.shape)} {out.dtype}; this layout "
+                                 f"needs ({self.num_edges}, {W}) {self.dtype}: pass a graph made by it")
+            out = out.view(B, self.num_edges, W)
         for p in self.plans:
             v = get(p.name).reshape((B,) + p.split)
             v = v.permute((0,) + tuple(d + 1 for d in p.order)).reshape(B, p.n_out * p.n_in, p.feat)
@@ -328,10 +334,14 @@ class GraphLayout:
                 raise ValueError(f"{k!r} holds integers too large to store exactly in the graph")
 
     def graph(self, state_dict: Mapping[str, torch.Tensor], check: bool = True,
-              copy: bool = False) -> ParamGraph:
+              copy: bool = False, out: ParamGraph | None = None) -> ParamGraph:
         if check:
             self.ws.check(state_dict)
             self._check_exact_extras(state_dict, False)
+        if out is not None:  # refill in place: no new memory
+            self._fill(lambda k: state_dict[k], 1, None, out.edge_attr)
+            out.extras = self._extras(lambda k: state_dict[k], 1)
+            return out
         dev = state_dict[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
         edge_attr = self._fill(lambda k: state_dict[k], 1, dev)[0]
         s = self._structure(dev)

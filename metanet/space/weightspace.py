@@ -326,12 +326,13 @@ class WeightSpace:
         return self._layouts[key]
 
     def graph(self, state_dict: Mapping[str, torch.Tensor], layout: str = "compact", *,
-              width: int | None = None, check: bool = True, copy: bool = False):
+              width: int | None = None, check: bool = True, copy: bool = False, out=None):
         """The neuron-level parameter graph of one checkpoint (a PyG ``Data``).
 
         Its structure tensors are shared with every graph of this architecture (read-only)
-        unless ``copy=True``."""
-        return self.layout(layout, width).graph(state_dict, check=check, copy=copy)
+        unless ``copy=True``. ``out=g`` refills a graph made earlier by this space (same
+        layout) instead of allocating: the cheap way to convert checkpoints in a loop."""
+        return self.layout(layout, width).graph(state_dict, check=check, copy=copy, out=out)
 
     def graphs(self, stacked: Mapping[str, torch.Tensor], layout: str = "compact", *,
                width: int | None = None, check: bool = True):
