@@ -8,11 +8,13 @@
 
 Modules: :mod:`zoo.data` (offline datasets), :mod:`zoo.models` (architecture
 registry), :mod:`zoo.recipes` (job samplers), :mod:`zoo.train` (``train_job``),
-:mod:`zoo.build` (executors, build driver), :mod:`zoo.store` (on-disk layout, pack,
+:mod:`zoo.build` (executors, build driver), :mod:`zoo.batched` (many networks as one
+stacked model), :mod:`zoo.stacked` (what batched and single training share), :mod:`zoo.store` (on-disk layout, pack,
 merge), :mod:`zoo.reader` (``Zoo``), :mod:`zoo.verify`, :mod:`zoo.importers`,
 :mod:`zoo.hub`.
 """
 from .build import Executor, ProcessExecutor, SequentialExecutor, build, make_executor
+from .batched import BatchedExecutor
 from .data import DatasetNotFoundError, Splits, list_datasets, load_dataset, load_images
 from .hub import pull, push
 from .importers import FORMATS as IMPORT_FORMATS
@@ -26,7 +28,7 @@ from .verify import VerifyReport, verify
 
 __all__ = [
     "Zoo", "ZooError", "build", "pack", "merge", "verify", "VerifyReport",
-    "Executor", "SequentialExecutor", "ProcessExecutor", "make_executor",
+    "Executor", "SequentialExecutor", "ProcessExecutor", "BatchedExecutor", "make_executor",
     "Job", "JobResult", "train_job",
     "Recipe", "get_recipe", "list_recipes", "register_recipe",
     "create", "list_models", "register_model", "sample_architecture",

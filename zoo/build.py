@@ -6,6 +6,10 @@ executor (e.g. one that trains many small networks at once with ``torch.func.vma
 only has to implement ``map``.  The per-job work is ``zoo.train.train_job(job)``, a pure
 function of the job.
 
+* :class:`~zoo.batched.BatchedExecutor` (the default) — networks of one architecture
+  trained together as one stacked model (:mod:`zoo.batched`), in this process or in
+  ``workers`` processes that each take whole batches; jobs it cannot batch fall back to
+  ``train_job`` with a log line saying which and why.
 * :class:`SequentialExecutor` — one job after another in this process.
 * :class:`ProcessExecutor`   — ``workers`` spawned processes (spawn start method: safe
   with threads and on every OS); at most ``max_in_flight`` jobs are submitted at once, so
@@ -30,7 +34,8 @@ from .recipes import get_recipe
 from .store import DEFAULT_SHARD_BYTES, ZooDir, pack
 from .train import Job, JobResult, train_job
 
-__all__ = ["Executor", "SequentialExecutor", "ProcessExecutor", "build", "make_executor"]
+__all__ = ["Executor", "SequentialExecutor", "ProcessExecutor", "build", "make_executor",
+           "EXECUTORS"]
 
 
 class Executor(ABC):
@@ -103,14 +108,24 @@ class ProcessExecutor(Executor):
             pool.shutdown(wait=finished, cancel_futures=True)
 
 
-def make_executor(name: str = "auto", workers: int = 1) -> Executor:
-    if name == "auto":
-        name = "process" if workers > 1 else "sequential"
+EXECUTORS = ("auto", "batched", "sequential", "process")
+
+
+def make_executor(name: str = "auto", workers: int = 1, device: str = "auto",
+                  max_batch: int | None = None) -> Executor:
+    """``auto`` / ``batched``: :class:`~zoo.batched.BatchedExecutor` (stacked models, on
+    ``device``; ``workers`` processes take whole batches).  ``sequential``: one network
+    at a time (in ``workers`` processes when ``workers > 1``).  ``process``: the
+    sequential trainer in ``workers`` processes."""
+    if name in ("auto", "batched"):
+        from .batched import DEFAULT_MAX_BATCH, BatchedExecutor
+
+        return BatchedExecutor(workers, max_batch or DEFAULT_MAX_BATCH, device)
     if name == "sequential":
-        return SequentialExecutor()
+        return ProcessExecutor(workers) if workers > 1 else SequentialExecutor()
     if name == "process":
         return ProcessExecutor(workers)
-    raise ValueError(f"unknown executor {name!r} (known: sequential, process)")
+    raise ValueError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
 
 
 def _dist_env() -> tuple[int, int, bool]:

@@ -6,6 +6,7 @@
 Examples::
 
     metanet zoo build --recipe digits_cnn --n 1000 --out zoos/digits --workers 2
+    metanet zoo build --recipe digits_cnn --n 1000 --out zoos/digits --executor sequential
     metanet zoo build --recipe mnist1d_cnn --n 200 --out zoos/m1d --epochs 0,1,5,20
     torchrun --nproc_per_node 4 -m zoo build --recipe mixed --networks 5000 --out /shared/mixed
     metanet zoo verify zoos/digits
@@ -49,7 +50,9 @@ def _cmd_build(args) -> int:
     if args.data_root:
         options["data_root"] = args.data_root
     get_recipe(args.recipe)  # unknown names fail before anything is written
-    executor = make_executor(args.executor, args.workers)
+    _log_to_stderr(args.quiet)
+    executor = make_executor(args.executor, args.workers, device=args.device,
+                             max_batch=args.max_batch)
     summary = build(args.recipe, args.n, args.out, seed=args.seed, executor=executor,
                     workers=args.workers, options=options, rank=args.rank,
                     world_size=args.world_size, do_pack=False if args.no_pack else None,
@@ -62,6 +65,24 @@ def _cmd_build(args) -> int:
              else "; not packed (run `metanet zoo pack` when all ranks are done)"
              if r["world_size"] > 1 else ""))
     return 0
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    """Show the builder's log lines (which executor trains what) on stderr; warnings
+    (jobs that fall back to sequential training) even with --quiet."""
+    import logging
+
+    class _Stderr(logging.StreamHandler):
+        stream = property(lambda self: sys.stderr, lambda self, v: None)  # current stderr
+
+    logger = logging.getLogger("zoo.build")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_zoo_cli", False) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._zoo_cli = True
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _cmd_pack(args) -> int:
@@ -190,7 +211,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--epochs", help="checkpoint steps, e.g. 0,1,5,10 (iterations for INR recipes)")
     b.add_argument("--workers", type=int, default=1, help="worker processes")
-    b.add_argument("--executor", default="auto", choices=["auto", "sequential", "process"])
+    b.add_argument("--executor", default="auto", choices=["auto", "batched", "sequential", "process"],
+                   help="batched (the default, = auto): networks of one architecture train "
+                        "together as one stacked model; sequential: one network at a time; "
+                        "process: sequential in --workers processes")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the batched executor trains (auto: cuda when present)")
+    b.add_argument("--max-batch", type=int, default=None,
+                   help="networks per stacked model (batched executor; default 64)")
     b.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="recipe option (JSON value), repeatable: sample=false, views=4, ...")
     b.add_argument("--options", help="recipe options as one JSON object")

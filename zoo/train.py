@@ -25,6 +25,14 @@ schedule           ``constant`` | ``cosine``
 
 A network whose loss becomes non-finite stops training; the checkpoints before that
 are kept and ``JobResult.diverged_at`` records the step.
+
+Randomness and arithmetic shared with the batched trainer (:mod:`zoo.batched`), so that
+a network trained in a batch equals the same job trained here (see :mod:`zoo.stacked`):
+the global RNG seeded with ``job.seed`` builds and initializes the model; a generator
+seeded with ``job.seed`` draws the training subset, then one permutation per epoch;
+dropout masks are keyed by ``job.seed`` and the call number
+(:class:`~zoo.stacked.KeyedDropout` replaces ``nn.Dropout``); the update is
+:class:`~zoo.stacked.StackedOptimizer` with one row (torch.optim's formulas).
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ import torch.nn.functional as F
 
 from .data import load_dataset, load_images
 from .models import create
+from .stacked import StackedOptimizer, attach_keyed_dropout, lr_factor
 
 __all__ = ["Job", "JobResult", "train_job", "init_weights", "JOB_FIELDS", "image_grid"]
 
@@ -195,29 +204,21 @@ def init_weights(model: nn.Module, scheme: str = "default", std: float = 0.05) -
                 m.bias.zero_()
 
 
-def _optimizer(params, hp: dict) -> torch.optim.Optimizer:
-    name = hp.get("optimizer", "adam")
-    lr = float(hp.get("lr", 1e-3))
-    wd = float(hp.get("weight_decay", 0.0))
-    mom = float(hp.get("momentum", 0.0))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=mom)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=mom)
-    raise ValueError(f"unknown optimizer {name!r} (known: adam, adamw, sgd, rmsprop)")
+def _flat_parameters(model: nn.Module) -> tuple[torch.Tensor, list[nn.Parameter]]:
+    """Make the module's parameters views of one ``[1, P]`` matrix (``named_parameters``
+    order, as :class:`zoo.stacked.StackedArch` lays out a row) and return it."""
+    params = [p for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in params]).unsqueeze(0)
+    off = 0
+    for p in params:
+        p.data = flat[0, off:off + p.numel()].view_as(p)
+        off += p.numel()
+    return flat, params
 
 
-def _lr_lambda(hp: dict, total_steps: int):
-    schedule = hp.get("schedule", "constant")
-    if schedule == "constant":
-        return lambda step: 1.0
-    if schedule == "cosine":
-        return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    raise ValueError(f"unknown schedule {schedule!r} (known: constant, cosine)")
+def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, materialize_grads=True)
+    return torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0)
 
 
 @contextmanager
@@ -254,6 +255,7 @@ def _train_classifier(job: Job) -> JobResult:
     g = torch.Generator().manual_seed(job.seed)
     model = create(job.arch, **job.arch_kwargs)
     init_weights(model, hp.get("init", "default"), float(hp.get("init_std", 0.05)))
+    attach_keyed_dropout(model, job.seed)
     n = len(data.y_train)
     frac = float(hp.get("train_fraction", 1.0))
     subset = torch.randperm(n, generator=g)[: max(1, int(round(frac * n)))].sort().values
@@ -262,8 +264,11 @@ def _train_classifier(job: Job) -> JobResult:
     steps = sorted(set(int(s) for s in job.steps))
     max_epoch = steps[-1] if steps else 0
     per_epoch = math.ceil(len(y) / bs)
-    opt = _optimizer(model.parameters(), hp)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(hp, per_epoch * max_epoch))
+    flat, params = _flat_parameters(model)
+    opt = StackedOptimizer([hp], flat.shape[1])
+    lr, schedule, total = float(hp.get("lr", 1e-3)), hp.get("schedule", "constant"), per_epoch * max_epoch
+    lr_factor(schedule, 0, total)  # unknown schedules fail before training
+    t = 0
 
     out_steps, sds, metrics = [], [], []
     diverged_at = None
@@ -287,10 +292,8 @@ def _train_classifier(job: Job) -> JobResult:
             if not math.isfinite(loss.item()):
                 diverged_at = epoch
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            opt.step(flat, _flat_grad(loss, params), [lr * lr_factor(schedule, t, total)])
+            t += 1
         if diverged_at is not None:
             break
         if epoch in steps:
@@ -313,7 +316,9 @@ def _train_inr(job: Job) -> JobResult:
     coords = image_grid(h, w)
     target = img.permute(1, 2, 0).reshape(-1, c)
     model = create(job.arch, **job.arch_kwargs)
-    opt = _optimizer(model.parameters(), hp)
+    flat, params = _flat_parameters(model)
+    opt = StackedOptimizer([hp], flat.shape[1])
+    lr = float(hp.get("lr", 1e-3))
     steps = sorted(set(int(s) for s in job.steps))
     out_steps, sds, metrics = [], [], []
     diverged_at = None
@@ -332,9 +337,7 @@ def _train_inr(job: Job) -> JobResult:
         if not math.isfinite(loss.item()):
             diverged_at = step
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        opt.step(flat, _flat_grad(loss, params), [lr])
         if step in steps:
             checkpoint(step)
     return JobResult(job, out_steps, sds, metrics, diverged_at)
