@@ -45,7 +45,7 @@ def summary(path: Path) -> dict:
 
     z = zoo.Zoo.open(path)
     last = z.where(step="last")
-    out = {"networks": len(z.jobs), "checkpoints": len(z), "steps": z.steps,
+    out = {"networks": len(z.jobs()), "checkpoints": len(z), "steps": z.steps,
            "mib": sum(f.stat().st_size for f in (path / "shards").glob("*.safetensors")) / 2 ** 20}
     for metric in ("test_acc", "psnr"):
         try:

@@ -621,10 +621,6 @@ def train_batch(jobs: Sequence[Job], device: str | torch.device = "cpu") -> Iter
 
 
 # ----------------------------------------------------------------------------- executor
-def _worker_init():
-    torch.set_num_threads(1)
-
-
 def _run_unit(unit: tuple[str, list[dict], str]) -> list[bytes]:
     kind, jobs, device = unit
     jobs = [Job.from_dict(d) for d in jobs]
@@ -683,33 +679,11 @@ class BatchedExecutor(Executor):
         yield from self._pool(units)
 
     def _pool(self, units) -> Iterator[JobResult]:
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from .build import pool_map
 
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_worker_init)
-        pending = {}
-        it = iter(units)
-        finished = False
-        try:
-            for unit in it:
-                pending[pool.submit(_run_unit, unit)] = unit
-                if len(pending) >= self.workers:
-                    break
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    unit = pending.pop(fut)
-                    try:
-                        blobs = fut.result()
-                    except Exception as e:
-                        ids = ", ".join(d["index"].__str__() for d in unit[1][:8])
-                        raise RuntimeError(f"{unit[0]} of jobs [{ids}] failed: {e!r}") from e
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending[pool.submit(_run_unit, nxt)] = nxt
-                    for data in blobs:
-                        yield JobResult.from_bytes(data)
-            finished = True
-        finally:
-            pool.shutdown(wait=finished, cancel_futures=True)
+        def describe(unit):
+            return f"{unit[0]} of jobs [{', '.join(str(d['index']) for d in unit[1][:8])}]"
+
+        for _, blobs in pool_map(_run_unit, units, self.workers, self.workers, describe):
+            for data in blobs:
+                yield JobResult.from_bytes(data)

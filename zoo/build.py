@@ -63,6 +63,45 @@ def _train_to_bytes(job: Job) -> bytes:
     return train_job(job).to_bytes()
 
 
+def pool_map(fn, items: Sequence, workers: int, max_in_flight: int, describe) -> Iterator[tuple]:
+    """``(item, fn(item))`` for every item, computed in ``workers`` spawned processes
+    with at most ``max_in_flight`` submitted at once (so a killed build loses at most
+    those), in completion order. ``describe(item)`` names an item in error messages."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    items = list(items)
+    if not items:
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init)
+    pending = {}
+    it = iter(items)
+    finished = False
+    try:
+        for item in it:
+            pending[pool.submit(fn, item)] = item
+            if len(pending) >= max_in_flight:
+                break
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                item = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as e:
+                    raise RuntimeError(f"{describe(item)} failed: {e!r}") from e
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending[pool.submit(fn, nxt)] = nxt
+                yield item, result
+        finished = True
+    finally:
+        # on an error or Ctrl-C, do not wait for the work in flight (its results would
+        # be dropped anyway); the workers exit after their current item
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
 class ProcessExecutor(Executor):
     """Train jobs in ``workers`` spawned worker processes."""
 
@@ -73,39 +112,9 @@ class ProcessExecutor(Executor):
         self.max_in_flight = max_in_flight or 2 * workers
 
     def map(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        jobs = list(jobs)
-        if not jobs:
-            return
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_worker_init)
-        pending = {}
-        it = iter(jobs)
-        finished = False
-        try:
-            for job in it:
-                pending[pool.submit(_train_to_bytes, job)] = job
-                if len(pending) >= self.max_in_flight:
-                    break
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = pending.pop(fut)
-                    try:
-                        data = fut.result()
-                    except Exception as e:
-                        raise RuntimeError(f"job {job.id} ({job.arch}, {job.hparams}) failed: {e!r}") from e
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending[pool.submit(_train_to_bytes, nxt)] = nxt
-                    yield JobResult.from_bytes(data)
-            finished = True
-        finally:
-            # on an error or Ctrl-C, do not wait for the jobs in flight (their results
-            # would be dropped anyway); the workers exit after their current job
-            pool.shutdown(wait=finished, cancel_futures=True)
+        describe = lambda job: f"job {job.id} ({job.arch}, {job.hparams})"  # noqa: E731
+        for _, data in pool_map(_train_to_bytes, jobs, self.workers, self.max_in_flight, describe):
+            yield JobResult.from_bytes(data)
 
 
 EXECUTORS = ("auto", "batched", "sequential", "process")
