@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import operator
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,7 +108,9 @@ def _module_of(node: torch.fx.Node) -> tuple[str, str]:
 def _export(model: nn.Module, args: tuple, kwargs: dict, strict: bool):
     wrapper = _FlatOutputs(model)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # fused RNNs re-assign their flat weight list while traced: harmless here
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
             return torch.export.export(wrapper, args, kwargs, strict=strict)
     except Exception as err:  # torch.export raises many types; all mean the same to a user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
