@@ -2,10 +2,7 @@
 batch equals the same job trained alone, builds resume after a kill, the CLI picks the
 executor."""
 import logging
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,9 +13,8 @@ from zoo.build import ProcessExecutor, SequentialExecutor, make_executor
 from zoo.cli import main
 from zoo.stacked import (DropCalls, StackedOptimizer, activation_module, attach_keyed_dropout,
                          dropout_params, mix32, network_keys, split_arch_kwargs, stacked_arch)
-from zoo.store import ZooDir
 
-from test_zoo_build import ROOT, _env, assert_same_zoo
+from test_zoo_build import assert_same_zoo, start_and_kill
 
 DIGITS_CNN = dict(in_channels=1, padding=1, input_size=8)
 
@@ -209,17 +205,7 @@ def test_killed_batched_build_resumes_to_the_same_zoo(batched_reference, tmp_pat
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "zoo", "build", "--recipe", "digits_cnn", "--n", str(N),
            "--out", str(out), "--epochs", ",".join(map(str, STEPS)), "--executor", "batched", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    jobs = out / "jobs"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if jobs.exists() and any(p.suffix == ".safetensors" for p in jobs.iterdir()):
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = ZooDir(out).job_files()
+    done = start_and_kill(cmd, out)
     assert 1 <= len(done) < N, "the build was not interrupted mid-way"
     before = {p.name: p.stat().st_mtime_ns for p in done}
     summary = zoo.build("digits_cnn", N, out, seed=0, options={"steps": STEPS},

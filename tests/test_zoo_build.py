@@ -26,6 +26,22 @@ def _env():
     return env
 
 
+def start_and_kill(cmd, out):
+    """Run a build command, SIGKILL it as soon as its first network is on disk, and
+    return the finished job files."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    jobs = Path(out) / "jobs"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if jobs.exists() and any(p.suffix == ".safetensors" for p in jobs.iterdir()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return ZooDir(out).job_files()
+
+
 def zoo_content(path):
     """Everything that defines a zoo: manifest lines and every tensor's bytes."""
     manifest = (Path(path) / "manifest.jsonl").read_text().splitlines()
@@ -156,17 +172,8 @@ def test_killed_build_resumes_to_the_same_zoo(reference, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "zoo", "build", "--recipe", RECIPE, "--n", str(N), "--out", str(out),
            "--epochs", ",".join(map(str, STEPS)), "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    done = start_and_kill(cmd, out)
     jobs = out / "jobs"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if jobs.exists() and any(p.suffix == ".safetensors" for p in jobs.iterdir()):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = ZooDir(out).job_files()
     assert 1 <= len(done) < N, "the build was not interrupted mid-way"
     assert not (out / "manifest.jsonl").exists()
     # a write in flight at kill time leaves at most a hidden temp file; add one, plus a

@@ -472,7 +472,7 @@ class Propagator:
         nsp = len(sw) - 2
         ch = len(sx) - nsp - 1
         G = int(groups)
-        cin, cout = sx[ch], (n.shape[ch] if G > 1 or not transposed else sw[1])
+        cin = sx[ch]
         g = self.V.atom(G)
         if transposed:   # weight (Cin, Cout/G, *k)
             self.V.unify(X[ch], W[0])
@@ -792,8 +792,7 @@ class Propagator:
         return [X[:d] + [c] + X[d + 1:] for c in cut]
 
     def op_split(self, n: OpNode):
-        x = n.args[0]
-        X, sx = list(self.t(x)), self.shape(x)
+        X = list(self.t(n.args[0]))
         d = int(self.arg(n, 2, "dim", 0)) % len(X)
         sizes = [s[d] for s in n.shape]
         return self._pieces(n, X, d, sizes)

@@ -3,7 +3,6 @@ leave its function unchanged."""
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
