@@ -163,18 +163,11 @@ def round_trip_ok(ws, sd, g) -> bool:
     return set(back) == set(sd) and all(back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]) for k in sd)
 
 
-def _hwm_kib() -> int:
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmHWM: peak, VmRSS: now)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return -1
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return -1
 
@@ -199,11 +192,11 @@ def memory_child(ws_path: str, layout: str) -> None:
     res = {}
     for phase in ("first", "again"):  # first: builds the layout (edge_index etc.) too
         gc.collect()
-        base = _rss_kib()
+        base = _status_kib("VmRSS")
         ok = _reset_hwm()
         g = ws.graph(sd, layout)
-        peak = _hwm_kib()
-        after = _rss_kib()
+        peak = _status_kib("VmHWM")
+        after = _status_kib("VmRSS")
         res[phase] = {"peak_delta": (peak - base) * 1024, "kept_delta": (after - base) * 1024,
                       "reset_ok": ok, "graph_bytes": nbytes(g),
                       "new_bytes": g.edge_attr.numel() * g.edge_attr.element_size() + nbytes(

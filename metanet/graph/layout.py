@@ -35,8 +35,6 @@ from torch_geometric.data import Batch, Data
 
 from ..space.structure import index_map
 
-STRUCTURAL = ("concat", "product")
-
 
 class ParamGraph(Data):
     """A parameter graph (torch_geometric ``Data``).
@@ -327,7 +325,7 @@ class GraphLayout:
             return torch.zeros(B, 0, dtype=torch.float64)
         return torch.cat(vals, dim=1)
 
-    def _check_exact_extras(self, sd, batched) -> None:
+    def _check_exact_extras(self, sd) -> None:
         for k in self.ws.extras:
             v = sd[k]
             if not v.is_floating_point() and v.numel() and v.abs().max() > 2 ** 53:
@@ -337,7 +335,7 @@ class GraphLayout:
               copy: bool = False, out: ParamGraph | None = None) -> ParamGraph:
         if check:
             self.ws.check(state_dict)
-            self._check_exact_extras(state_dict, False)
+            self._check_exact_extras(state_dict)
         if out is not None:  # refill in place: no new memory
             self._fill(lambda k: state_dict[k], 1, None, out.edge_attr)
             out.extras = self._extras(lambda k: state_dict[k], 1)
@@ -367,7 +365,7 @@ class GraphLayout:
     def graphs(self, stacked: Mapping[str, torch.Tensor], check: bool = True) -> Batch:
         if check:
             self.ws.check(stacked, batched=True)
-            self._check_exact_extras(stacked, True)
+            self._check_exact_extras(stacked)
         B = int(next(iter(stacked.values())).shape[0])
         dev = stacked[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
         N, E = self.num_nodes, self.num_edges

@@ -155,11 +155,10 @@ class WeightSpace:
         weights = [k for k in keys if k not in aliases and dtypes[k].is_floating_point
                    and (k in used or any(a in used for a, c in aliases.items() if c == k))]
         # the op graph may name a tied entry by either of its names
-        prop_aliases = {a: c for a, c in aliases.items()}
         for a, c in aliases.items():
             if c not in graph.param_shapes and a in graph.param_shapes:
                 graph.param_shapes[c] = graph.param_shapes[a]
-        spaces = Propagator(graph, prop_aliases).run()
+        spaces = Propagator(graph, aliases).run()
         return cls(graph, keys, shapes, dtypes, aliases, weights, spaces)
 
     def __getstate__(self):
