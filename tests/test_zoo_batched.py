@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.batched import BatchedExecutor, plan_batches, train_batch
+from zoo.batched import SINGLETON, BatchedExecutor, plan_batches, train_batch
 from zoo.build import ProcessExecutor, SequentialExecutor, make_executor
 from zoo.cli import main
 from zoo.stacked import (DropCalls, StackedOptimizer, activation_module, attach_keyed_dropout,
@@ -186,6 +186,31 @@ def test_planning_groups_by_architecture_and_falls_back_with_a_reason(caplog):
     assert "2 networks in 1 stacked batch" in text
     assert "000020" in text and "sequential" in text and "running statistics" in text
     assert [r for r in caplog.records if "sequential" in r.getMessage()][0].levelno == logging.WARNING
+
+
+def test_only_network_of_its_kind_is_trained_alone_but_a_shrunk_group_stays_batched(caplog, tmp_path):
+    cnn = zoo.get_recipe("digits_cnn").jobs(3, seed=0, steps=[0, 1])
+    wide = zoo.Job(**{**cnn[2].to_dict(), "index": 7,
+                      "arch_kwargs": {**cnn[2].arch_kwargs, "channels": 8}})
+    batches, alone = plan_batches(cnn[:2] + [wide], max_batch=8)
+    assert [sorted(j.index for j in b) for b in batches] == [[0, 1]]
+    assert [(j.index, why) for j, why in alone] == [(7, SINGLETON)]
+    # what remains of a larger group (a resumed build, a rank's share) stays batched, so
+    # a network's result does not depend on how the build was split
+    batches, alone = plan_batches([cnn[1], wide], max_batch=8, peers=cnn + [wide])
+    assert [[j.index for j in b] for b in batches] == [[1]] and [j.index for j, _ in alone] == [7]
+    # through the builder: the singleton is trained by train_job (same bits), logged as
+    # information, not as a warning
+    with caplog.at_level(logging.INFO, logger="zoo.build"):
+        ex = BatchedExecutor()
+        ex.prepare(cnn + [wide])
+        res = {r.job.index: r for r in ex.map([cnn[0], wide])}
+    ref = zoo.train_job(wide)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(res[7].state_dicts, ref.state_dicts) for k in a)
+    assert res[7].metrics == ref.metrics
+    assert sorted(res) == [0, 7]
+    line = [r for r in caplog.records if "000007" in r.getMessage()]
+    assert line and line[0].levelno == logging.INFO and "only network" in line[0].getMessage()
 
 
 # ------------------------------------------------------------------------- builds

@@ -10,7 +10,9 @@ import torch
 from zoo import data
 
 
-def test_digits_fixed_split():
+def test_digits_fixed_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("METANET_CACHE", str(tmp_path))
+    data._digits.cache_clear()
     s = data.load_dataset("digits")
     assert s.x_train.shape[1:] == (1, 8, 8) and s.x_train.dtype == torch.float32
     assert len(s.y_train) + len(s.y_test) == 1797 and len(s.y_test) == 360
@@ -21,6 +23,16 @@ def test_digits_fixed_split():
     data._digits.cache_clear()
     s2 = data.load_dataset("digits")
     assert torch.equal(s.x_test, s2.x_test) and torch.equal(s.y_train, s2.y_train)
+    # the split is cached (workers then skip importing scikit-learn); the cached copy
+    # equals a fresh one, and a damaged cache file is rewritten, not trusted
+    (cached,) = (tmp_path / "digits").glob("digits_split0_sklearn*.npz")
+    fresh = {k: v.copy() for k, v in data._digits_arrays().items()}
+    cached.write_bytes(b"garbage")
+    again = data._digits_arrays()
+    assert all(np.array_equal(fresh[k], again[k]) for k in fresh)
+    assert torch.equal(torch.from_numpy(again["x_train"]), s.x_train)
+    assert np.load(cached)["y_test"].shape == (360,)
+    data._digits.cache_clear()
 
 
 def test_mnist1d_generated_and_cached(tmp_path, monkeypatch):

@@ -41,8 +41,12 @@ killed build loses at most the networks in the batches in flight.
 
 Jobs that cannot be batched (an architecture without a stacked form, e.g. BatchNorm
 networks; an unknown task) fall back to :func:`zoo.train.train_job`, with a log line
-that says which and why.  A network alone in its group is still trained by the batched
-trainer (a batch of one): its result then does not depend on how the build was split.
+that says which and why.  So does a network that is the only one of its kind in the
+whole build (:func:`zoo.build` shows the executor every job, finished ones and other
+ranks' included): a stacked model of one network is slower than ``train_job``.  A group
+that has shrunk to one network (a resumed build, a rank's share) still trains it in the
+stacked trainer (beside a copy of itself, see :meth:`_Batch._twin`), so that its result
+does not depend on how the build was split.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ import json
 import logging
 import math
 import os
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -137,12 +141,17 @@ def _total_steps(job: Job) -> int:
     return math.ceil(m / int(job.hparams.get("batch_size", 32))) * last
 
 
-def plan_batches(jobs: Sequence[Job], max_batch: int = DEFAULT_MAX_BATCH, workers: int = 1
-                 ) -> tuple[list[list[Job]], list[tuple[Job, str]]]:
+SINGLETON = "the only network of its architecture and data in the build (a stacked model of one is slower)"
+
+
+def plan_batches(jobs: Sequence[Job], max_batch: int = DEFAULT_MAX_BATCH, workers: int = 1,
+                 peers: Sequence[Job] | None = None) -> tuple[list[list[Job]], list[tuple[Job, str]]]:
     """Cut ``jobs`` into batches that train as one stacked model.
 
     Returns ``(batches, alone)``: ``alone`` are ``(job, reason)`` for jobs trained one at
-    a time.  A group of compatible jobs is sorted by length (longest first, then index)
+    a time: those without a stacked form, and those whose :func:`batch_key` no other job
+    of ``peers`` (default: ``jobs``; the builder passes every job of the build) shares.
+    A group of compatible jobs is sorted by length (longest first, then index)
     and cut into batches of at most ``max_batch`` consecutive jobs (networks of a batch
     then finish together), smaller when that keeps all ``workers`` busy; when there are
     no more batches than workers, the sorted jobs are dealt out round-robin instead, so
@@ -156,10 +165,15 @@ def plan_batches(jobs: Sequence[Job], max_batch: int = DEFAULT_MAX_BATCH, worker
             alone.append((job, why))
         else:
             groups.setdefault(key, []).append(job)
+    counts = Counter(batch_key(j)[0] for j in peers) if peers is not None else None
     batches = []
     for key, members in groups.items():
-        # (a group of one is still a batch: the batched trainer gives a network the same
-        # bits alone as in company, train_job only the same values to float tolerance)
+        if max(len(members), counts[key] if counts is not None else 0) == 1:
+            alone += [(j, SINGLETON) for j in members]
+            continue
+        # (a group that has shrunk to one is still a batch: the batched trainer gives a
+        # network the same bits alone as in company, train_job only the same values to
+        # float tolerance)
         members = sorted(members, key=lambda j: (-_total_steps(j), j.index))
         size = max(1, min(int(max_batch), math.ceil(len(members) / max(1, workers))))
         n_batches = math.ceil(len(members) / size)
@@ -194,36 +208,42 @@ class _Net:
         self.done = False
 
 
-_MALLOC_TUNED = False
+_GLIBC_DEFAULTS = {-1: 128 * 1024, -2: 128 * 1024, -3: 128 * 1024}  # trim, top pad, mmap
 
 
-def _keep_freed_memory() -> None:
-    """Ask glibc's malloc to reuse freed memory instead of returning it to the OS.
+@contextmanager
+def _keep_freed_memory():
+    """While training, ask glibc's malloc to reuse freed memory instead of returning it
+    to the OS; restore its defaults (and give the memory back) afterwards.
 
     A stacked step allocates megabyte-sized temporaries; by default glibc serves them
     with fresh mmaps, and the page faults on that memory cost about a quarter of a step
-    (measured: 11.6 -> 8.6 ms for 64 digits CNNs).  The process keeps its peak heap
-    instead.  No-op where there is no glibc."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
+    (measured: 11.6 -> 8.6 ms for 64 digits CNNs).  Restoring sets glibc's documented
+    default values, which leaves its dynamic mmap threshold off.  No-op where there is
+    no glibc."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)   # glibc's maximum on 64-bit
-        libc.mallopt(M_TRIM_THRESHOLD, 1024 * 2 ** 20)
-        libc.mallopt(M_TOP_PAD, 64 * 2 ** 20)
-    except (OSError, AttributeError):
-        pass
+        if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+            raise OSError("not glibc")
+    except OSError:
+        yield
+        return
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)   # glibc's maximum on 64-bit
+    libc.mallopt(M_TRIM_THRESHOLD, 1024 * 2 ** 20)
+    libc.mallopt(M_TOP_PAD, 64 * 2 ** 20)
+    try:
+        yield
+    finally:
+        for param, value in _GLIBC_DEFAULTS.items():
+            libc.mallopt(param, value)
+        libc.malloc_trim(0)
 
 
 @contextmanager
 def _torch_settings(device: torch.device):
-    if device.type == "cpu":
-        _keep_freed_memory()
     threads = torch.get_num_threads()
     cudnn = torch.backends.cudnn
     saved = (cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark)
@@ -232,7 +252,11 @@ def _torch_settings(device: torch.device):
     # benchmarking, so that a build is reproducible (untested here: no GPU)
     cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = False, True, False
     try:
-        yield
+        if device.type == "cpu":
+            with _keep_freed_memory():
+                yield
+        else:
+            yield
     finally:
         torch.set_num_threads(threads)
         cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved
@@ -646,6 +670,10 @@ class BatchedExecutor(Executor):
         self.workers = int(workers)
         self.max_batch = int(max_batch)
         self.device = str(resolve_device(device))
+        self.peers: list[Job] | None = None
+
+    def prepare(self, jobs: Sequence[Job]) -> None:
+        self.peers = list(jobs)
 
     def describe(self, batches, alone) -> list[str]:
         lines = []
@@ -665,9 +693,9 @@ class BatchedExecutor(Executor):
         jobs = list(jobs)
         if not jobs:
             return
-        batches, alone = plan_batches(jobs, self.max_batch, self.workers)
+        batches, alone = plan_batches(jobs, self.max_batch, self.workers, self.peers)
         for line in self.describe(batches, alone):
-            (log.warning if "sequential" in line else log.info)(line)
+            (log.warning if "sequential" in line and SINGLETON not in line else log.info)(line)
         if self.workers == 1:
             for b in batches:
                 yield from train_batch(b, self.device)

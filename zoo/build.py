@@ -8,8 +8,9 @@ function of the job.
 
 * :class:`~zoo.batched.BatchedExecutor` (the default) — networks of one architecture
   trained together as one stacked model (:mod:`zoo.batched`), in this process or in
-  ``workers`` processes that each take whole batches; jobs it cannot batch fall back to
-  ``train_job`` with a log line saying which and why.
+  ``workers`` processes that each take whole batches; jobs it cannot batch (or the only
+  one of their architecture in the build) fall back to ``train_job`` with a log line
+  saying which and why.
 * :class:`SequentialExecutor` — one job after another in this process.
 * :class:`ProcessExecutor`   — ``workers`` spawned processes (spawn start method: safe
   with threads and on every OS); at most ``max_in_flight`` jobs are submitted at once, so
@@ -44,6 +45,11 @@ class Executor(ABC):
     @abstractmethod
     def map(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         ...
+
+    def prepare(self, jobs: Sequence[Job]) -> None:
+        """Called by :func:`build` before :meth:`map` with every job of the build (the
+        finished ones and other ranks' included), so that an executor can plan from the
+        whole build: how a job is trained then does not depend on which jobs remain."""
 
 
 class SequentialExecutor(Executor):
@@ -203,6 +209,7 @@ def build(recipe: str, n: int, out: str | os.PathLike, seed: int = 0, *,
     _preflight(todo)
     if executor is None:
         executor = make_executor("auto", workers)
+    executor.prepare(jobs)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -105,8 +105,24 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------- digits
-@lru_cache(maxsize=None)
-def _digits() -> Splits:
+def _digits_arrays() -> dict[str, np.ndarray]:
+    """The digits split, cached as an .npz: importing scikit-learn takes ~0.7 s, which
+    every zoo worker process would pay again.  The file name carries scikit-learn's
+    version (the split is its ``train_test_split``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tag = version("scikit-learn")
+    except PackageNotFoundError:
+        tag = "unknown"
+    path = cache_dir() / "digits" / f"digits_split0_sklearn{tag}.npz"
+    names = ("x_train", "y_train", "x_test", "y_test")
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in names}
+        except Exception:  # a damaged cache file is rewritten
+            pass
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -117,8 +133,19 @@ def _digits() -> Splits:
         np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
     idx_train.sort()
     idx_test.sort()
-    return Splits("digits", torch.from_numpy(x[idx_train]), torch.from_numpy(y[idx_train]),
-                  torch.from_numpy(x[idx_test]), torch.from_numpy(y[idx_test]), 10)
+    arrays = {"x_train": x[idx_train], "y_train": y[idx_train], "x_test": x[idx_test], "y_test": y[idx_test]}
+    try:
+        _atomic_save_npz(path, **arrays)
+    except OSError:  # a read-only cache folder only costs the import next time
+        pass
+    return arrays
+
+
+@lru_cache(maxsize=None)
+def _digits() -> Splits:
+    a = _digits_arrays()
+    t = torch.from_numpy
+    return Splits("digits", t(a["x_train"]), t(a["y_train"]), t(a["x_test"]), t(a["y_test"]), 10)
 
 
 # -------------------------------------------------------------------------- mnist1d
