@@ -379,7 +379,10 @@ class StackedArch:
         self.sd_keys = list(probe.state_dict())
         if set(self.sd_keys) != set(self.by_name):
             extra = sorted(set(self.sd_keys) - set(self.by_name))
-            raise Unsupported(f"{arch} has buffers ({', '.join(extra)}): running statistics "
+            # named by their kinds, not every layer's, so that one log line covers the
+            # networks of an architecture whatever their depth
+            kinds = sorted({k.rsplit(".", 1)[-1] for k in extra})
+            raise Unsupported(f"{arch} has buffers ({', '.join(kinds)}): running statistics "
                               f"cannot be stacked")
         self.n_classes = None
 
