@@ -209,7 +209,8 @@ def build(recipe: str, n: int, out: str | os.PathLike, seed: int = 0, *,
     _preflight(todo)
     if executor is None:
         executor = make_executor("auto", workers)
-    executor.prepare(jobs)
+    if hasattr(executor, "prepare"):   # optional: executors need only ``map``
+        executor.prepare(jobs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
