@@ -188,7 +188,7 @@ def test_planning_groups_by_architecture_and_falls_back_with_a_reason(caplog):
     assert [r for r in caplog.records if "sequential" in r.getMessage()][0].levelno == logging.WARNING
 
 
-def test_only_network_of_its_kind_is_trained_alone_but_a_shrunk_group_stays_batched(caplog, tmp_path):
+def test_only_network_of_its_kind_is_trained_alone_but_a_shrunk_group_stays_batched(caplog):
     cnn = zoo.get_recipe("digits_cnn").jobs(3, seed=0, steps=[0, 1])
     wide = zoo.Job(**{**cnn[2].to_dict(), "index": 7,
                       "arch_kwargs": {**cnn[2].arch_kwargs, "channels": 8}})

@@ -23,13 +23,13 @@ def test_digits_fixed_split(tmp_path, monkeypatch):
     data._digits.cache_clear()
     s2 = data.load_dataset("digits")
     assert torch.equal(s.x_test, s2.x_test) and torch.equal(s.y_train, s2.y_train)
-    # the split is cached (workers then skip importing scikit-learn); the cached copy
-    # equals a fresh one, and a damaged cache file is rewritten, not trusted
+    # the split is cached (workers then skip importing scikit-learn); a damaged cache
+    # file is rebuilt from scikit-learn, not trusted, and gives the same split
     (cached,) = (tmp_path / "digits").glob("digits_split0_sklearn*.npz")
-    fresh = {k: v.copy() for k, v in data._digits_arrays().items()}
+    from_cache = {k: v.copy() for k, v in data._digits_arrays().items()}
     cached.write_bytes(b"garbage")
     again = data._digits_arrays()
-    assert all(np.array_equal(fresh[k], again[k]) for k in fresh)
+    assert all(np.array_equal(from_cache[k], again[k]) for k in from_cache)
     assert torch.equal(torch.from_numpy(again["x_train"]), s.x_train)
     assert np.load(cached)["y_test"].shape == (360,)
     data._digits.cache_clear()
