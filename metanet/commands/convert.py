@@ -5,6 +5,7 @@ graph round trip and draw the graph.
     metanet convert --model resnet --layout param --out out/resnet
     metanet convert --model mypkg.models:make_model  # your factory: () -> (model, example_inputs)
     metanet convert --model path/to/file.py:make_model
+    metanet convert --verify                         # also check every symmetry on the model
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="out/convert", metavar="DIR", help="output folder (default out/convert)")
     p.add_argument("--max-edges", type=int, default=3000, metavar="N",
                    help="draw at most N neuron pairs, the strongest (default 3000)")
+    p.add_argument("--verify", action="store_true",
+                   help="check that random permutations (and scalings, sign flips where offered) of "
+                        "the neuron groups keep the model's outputs, on the example inputs and on "
+                        "inputs of other shapes; exit 1 naming the group if one does not")
     p.set_defaults(func=run)
 
 
@@ -210,6 +215,15 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAIL
     print(f"round trip: state_dict(graph(sd)) == sd bit for bit ({len(sd)} entries)")
+
+    if args.verify:
+        from ..space.verify import SymmetryError
+
+        try:
+            print(ws.verify(model, inputs))
+        except SymmetryError as err:
+            print(f"verify: FAILED: {err}", file=sys.stderr)
+            return EXIT_FAIL
 
     try:
         out.mkdir(parents=True, exist_ok=True)

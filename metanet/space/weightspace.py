@@ -349,3 +349,15 @@ class WeightSpace:
     def node_index(self, perm: Permutation, layout: str = "compact", width: int | None = None) -> torch.Tensor:
         """For the graph of ``permute(sd, perm)``: the node of ``graph(sd)`` each node came from."""
         return self.layout(layout, width).node_index(perm)
+
+    # -- behavioural check -------------------------------------------------------------------
+    def verify(self, model: nn.Module, example_inputs: Any, *, n: int = 5, shapes=None,
+               rtol: float = 1e-5, generator: torch.Generator | None = None,
+               kwargs: dict | None = None):
+        """Check that every symmetry this space offers keeps ``model``'s outputs, on the
+        example inputs and on inputs of other shapes; returns a report or raises
+        :class:`~metanet.space.verify.SymmetryError` naming the group that fails.
+        See :func:`metanet.space.verify.verify`."""
+        from .verify import verify
+        return verify(self, model, example_inputs, n=n, shapes=shapes, rtol=rtol,
+                      generator=generator, kwargs=kwargs)
