@@ -1,4 +1,7 @@
 """Parameter graphs <-> state dicts (neurons as nodes, weights as edges)."""
-from .layout import GraphLayout, ParamGraph
+from .batch import SharedBatch, collate
+from .features import NODE_KINDS, ROLES
+from .layout import GraphLayout, GraphTooLargeError, ParamGraph
 
-__all__ = ["GraphLayout", "ParamGraph"]
+__all__ = ["GraphLayout", "GraphTooLargeError", "NODE_KINDS", "ParamGraph", "ROLES", "SharedBatch",
+           "collate"]

@@ -26,6 +26,7 @@ every weight value sits in exactly one edge feature slot (bijectivity).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from math import ceil, prod
 from typing import Mapping
@@ -34,6 +35,48 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from ..space.structure import index_map
+from .features import KIND_INDEX, ROLE_INDEX, tensor_roles
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable`` of
+    /proc/meminfo), or None where that cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+_SMALL = 1 << 26   # allocations below this are not checked
+
+
+class GraphTooLargeError(MemoryError):
+    """A graph would not fit in the memory available: raised before allocating it."""
+
+
+def check_memory(nbytes: int, what: str, hint: str) -> None:
+    """Refuse an allocation of ``nbytes`` that would not fit in available memory."""
+    if nbytes < _SMALL:  # not worth reading /proc/meminfo
+        return
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise GraphTooLargeError(f"{what} needs about {nbytes / 2**30:.2f} GiB, only "
+                                 f"{avail / 2**30:.2f} GiB of memory is available; {hint}")
+
+
+def _small_int(max_value: int) -> torch.dtype:
+    for dt in (torch.int8, torch.int16, torch.int32):
+        if max_value <= torch.iinfo(dt).max:
+            return dt
+    return torch.int64
+
+
+_STRUCTURE = ("x", "edge_index", "edge_type", "edge_pos", "node_type", "node_pos", "edge_role",
+              "edge_depth", "edge_kpos", "node_kind", "node_depth")
 
 
 class ParamGraph(Data):
@@ -43,8 +86,17 @@ class ParamGraph(Data):
     coordinates of its set, is_hub); ``node_type`` [N] node-set id; ``node_pos`` [N]
     position among fixed coordinates (0 for neurons of a group); ``edge_index`` [2, E]; ``edge_attr`` [E, width] weight values;
     ``edge_type`` [E] weight-tensor id (or a structural type past the last tensor);
-    ``edge_pos`` [E] chunk index within the (out, in) pair; ``extras`` [1, K] non-weight
-    state entries (e.g. BatchNorm step counters), float64; ``layout`` and ``width``.
+    ``edge_pos`` [E] (int16 or int32) chunk index within the (out, in) pair; ``extras``
+    [1, K] non-weight state entries (e.g. BatchNorm step counters), float64; ``layout``
+    and ``width``.
+
+    Features that mean the same in every architecture (see :mod:`metanet.graph.features`):
+    ``edge_role`` [E] int8 index into ``ROLES`` (the role of the edge's tensor, or the kind
+    of structural edge); ``edge_depth`` [E] float16 normalised depth of the layer;
+    ``edge_kpos`` [E, 2] float16 kernel position of the chunk's first value (last two
+    feature axes, each scaled to [-1, 1]; 0 where there is no kernel); ``node_kind`` [N]
+    int8 index into ``NODE_KINDS`` (input, hidden, output, hub); ``node_depth`` [N]
+    float32 normalised depth.
 
     The structure tensors (everything but ``edge_attr`` and ``extras``) of single graphs
     are shared by all graphs of one architecture, which makes conversion cost a copy of
@@ -90,6 +142,7 @@ class GraphLayout:
         self.sets: dict[tuple, _NodeSet] = {}
         self.num_nodes = 0
         axes_info = {}
+        self._feat_shapes: dict[str, tuple[int, ...]] = {}
         for name in ws.weights:
             axes_info[name] = self._axes(name)
         if layout == "param":
@@ -118,13 +171,17 @@ class GraphLayout:
             sets.append((out_set, in_set))
             offset += ne
         self.num_param_edges = offset
+        self.plan_sets = sets
         s2, d2, t2 = self._structural_edges(len(ws.weights))
         self.num_edges = offset + sum(len(x) for x in s2)
-        # fill preallocated arrays slice by slice: peak memory is the graph's own
         E = self.num_edges
+        check_memory(E * self.structure_bytes_per_edge + self.num_nodes * 32,
+                     f"the {layout} layout's structure ({E:,} edges, {self.num_nodes:,} nodes)",
+                     self._advice())
+        # fill preallocated arrays slice by slice: peak memory is the graph's own
         self.edge_index = torch.empty(2, E, dtype=torch.long)
         self.edge_type = torch.empty(E, dtype=torch.long)
-        self.edge_pos = torch.zeros(E, dtype=torch.long)
+        self.edge_pos = torch.zeros(E, dtype=_small_int(max([p.chunks for p in self.plans] + [1])))
         for t, (p, (out_set, in_set)) in enumerate(zip(self.plans, sets)):
             sl = slice(p.edge_offset, p.edge_offset + p.num_edges)
             dst = self.edge_index[1, sl].view(p.n_out, p.n_in, p.chunks)
@@ -142,6 +199,87 @@ class GraphLayout:
             self.edge_index[0, sl], self.edge_index[1, sl], self.edge_type[sl] = s, d, ty
             off += len(s)
         self._node_features()
+        self._universal_features(s2, d2)
+
+    #: bytes of structure per edge: edge_index 16, edge_type 8, edge_pos <= 4, edge_role 1,
+    #: edge_depth 2, edge_kpos 4
+    structure_bytes_per_edge = 35
+
+    def _universal_features(self, struct_src, struct_dst) -> None:
+        """Edge roles, depths and kernel positions; node kinds and depths (see
+        :mod:`metanet.graph.features`). Constant on every node set."""
+        roles, depths = tensor_roles(self.ws)
+        E, N, W = self.num_edges, self.num_nodes, self.width
+        edge_role = torch.empty(E, dtype=torch.int8)
+        edge_depth = torch.zeros(E, dtype=torch.float16)
+        edge_kpos = torch.zeros(E, 2, dtype=torch.float16)
+        set_depth: dict[int, float] = {}     # node-set offset -> depth
+        used_as: dict[int, set] = {}
+        for p, (out_set, in_set) in zip(self.plans, self.plan_sets):
+            sl = slice(p.edge_offset, p.edge_offset + p.num_edges)
+            edge_role[sl] = ROLE_INDEX[roles[p.name]]
+            edge_depth[sl] = depths[p.name]
+            fshape = self._feat_shapes[p.name]
+            if p.feat > 1 and fshape:
+                start = torch.arange(p.chunks) * W   # first value of every chunk
+                coords = torch.unravel_index(start, fshape)[-2:]
+                kpos = torch.zeros(p.chunks, 2)
+                for j, (c, n) in enumerate(zip(coords, fshape[-2:])):
+                    kpos[:, 2 - len(coords) + j] = (2 * c.float() / (n - 1) - 1) if n > 1 else 0.0
+                edge_kpos[sl].view(p.n_out * p.n_in, p.chunks, 2).copy_(kpos.expand(p.n_out * p.n_in, -1, -1))
+            used_as.setdefault(out_set.offset, set()).add("out")
+            d = set_depth.get(out_set.offset)
+            set_depth[out_set.offset] = depths[p.name] if d is None else min(d, depths[p.name])
+            if in_set is not None and in_set is not out_set:
+                used_as.setdefault(in_set.offset, set()).add("in")
+        node_kind = torch.empty(N, dtype=torch.int8)
+        node_depth = torch.zeros(N)
+        for ns in self.sets.values():
+            sl = slice(ns.offset, ns.offset + ns.size)
+            use = used_as.get(ns.offset, set())
+            if ns.hub:
+                kind = "hub"
+            elif not ns.fixed:
+                kind = "hidden"
+            elif use == {"in"}:
+                kind = "input"
+            elif use == {"out"}:
+                kind = "output"
+            else:
+                kind = "hidden"
+            node_kind[sl] = KIND_INDEX[kind]
+            node_depth[sl] = set_depth.get(ns.offset, 0.0)
+        # structural edges and the node sets only they reach take the depth of the set
+        # they lead into
+        off = self.num_param_edges
+        for src, dst in zip(struct_src, struct_dst):
+            sl = slice(off, off + len(src))
+            edge_role[sl] = torch.where(self.edge_type[sl] == len(self.plans),
+                                        ROLE_INDEX["struct.concat"], ROLE_INDEX["struct.product"]).to(torch.int8)
+            if len(dst):
+                d = node_depth[dst]
+                edge_depth[sl] = d.to(torch.float16)
+                for ns in self.sets.values():
+                    if ns.offset not in set_depth and ns.offset <= int(src[0]) < ns.offset + ns.size:
+                        node_depth[ns.offset:ns.offset + ns.size] = d.min()
+                        set_depth[ns.offset] = float(d.min())
+            off += len(src)
+        self.edge_role, self.edge_depth, self.edge_kpos = edge_role, edge_depth, edge_kpos
+        self.node_kind, self.node_depth = node_kind, node_depth
+
+    def _advice(self) -> str:
+        if self.layout == "param":
+            return "try layout='compact' (one edge per channel pair), or convert on a machine with more memory"
+        return (f"try a wider width (width={self.width * 4}: fewer, longer edges), or convert on a "
+                f"machine with more memory")
+
+    def graph_bytes(self, batch: int = 1) -> int:
+        """Bytes a PyG graph (or Batch of ``batch`` graphs) of this layout holds: edge
+        features, structure (repeated per graph in a Batch), node features."""
+        item = torch.empty(0, dtype=self.dtype).element_size()
+        per_edge = self.width * item + 8 + 8 + self.edge_pos.element_size() + 1 + 2 + 4
+        per_node = 3 * 4 + 8 + 8 + 1 + 4
+        return batch * (self.num_edges * per_edge + self.num_nodes * per_node)
 
     # -- construction -------------------------------------------------------------------------
     def _node_set(self, key: tuple, fixed: bool, hub: bool = False, unit: bool = False) -> _NodeSet:
@@ -201,6 +339,7 @@ class GraphLayout:
         n_in = prod(split[d] for d, l in enumerate(labels) if l == "i")
         feat = prod(split[d] for d, l in enumerate(labels) if l == "f")
         out_set, in_set = sets["o"], sets.get("i")
+        self._feat_shapes[name] = tuple(split[d] for d, l in enumerate(labels) if l == "f")
         return out_set, in_set, tuple(split), order, n_out, n_in, feat
 
     def _best_width(self, axes_info) -> int:
@@ -331,11 +470,25 @@ class GraphLayout:
             if not v.is_floating_point() and v.numel() and v.abs().max() > 2 ** 53:
                 raise ValueError(f"{k!r} holds integers too large to store exactly in the graph")
 
+    def _check_dtypes(self, sd) -> None:
+        """Refuse a tensor whose dtype differs from the traced one: casting would be lossy
+        (float64 into float32) or hand back another dtype than was given."""
+        from ..space.weightspace import StateDictError
+
+        for k in self.ws.weights:
+            if sd[k].dtype != self.ws.dtypes[k]:
+                raise StateDictError(
+                    f"{k!r} is {sd[k].dtype}, but this weight space was traced with {self.ws.dtypes[k]}: "
+                    f"a graph keeps every value exactly, so cast the state dict "
+                    f"(v.to({self.ws.dtypes[k]})) or trace the model in {sd[k].dtype} "
+                    f"(WeightSpace.of(model.to({sd[k].dtype}), ...))")
+
     def graph(self, state_dict: Mapping[str, torch.Tensor], check: bool = True,
               copy: bool = False, out: ParamGraph | None = None) -> ParamGraph:
         if check:
             self.ws.check(state_dict)
             self._check_exact_extras(state_dict)
+            self._check_dtypes(state_dict)
         if out is not None:  # refill in place: no new memory
             self._fill(lambda k: state_dict[k], 1, None, out.edge_attr)
             out.extras = self._extras(lambda k: state_dict[k], 1)
@@ -347,6 +500,9 @@ class GraphLayout:
         return ParamGraph(x=c(s["x"]), edge_index=c(s["edge_index"]), edge_attr=edge_attr,
                           edge_type=c(s["edge_type"]), edge_pos=c(s["edge_pos"]),
                           node_type=c(s["node_type"]), node_pos=c(s["node_pos"]),
+                          edge_role=c(s["edge_role"]), edge_depth=c(s["edge_depth"]),
+                          edge_kpos=c(s["edge_kpos"]), node_kind=c(s["node_kind"]),
+                          node_depth=c(s["node_depth"]),
                           extras=self._extras(lambda k: state_dict[k], 1),
                           layout=self.layout, width=torch.tensor([self.width]),
                           num_nodes=self.num_nodes)
@@ -358,7 +514,7 @@ class GraphLayout:
             self._on_device = {}
         key = str(device)
         if key not in self._on_device:
-            names = ("x", "edge_index", "edge_type", "edge_pos", "node_type", "node_pos")
+            names = _STRUCTURE
             self._on_device[key] = {n: getattr(self, n).to(device) for n in names}
         return self._on_device[key]
 
@@ -366,17 +522,46 @@ class GraphLayout:
         if check:
             self.ws.check(stacked, batched=True)
             self._check_exact_extras(stacked)
+            self._check_dtypes(stacked)
         B = int(next(iter(stacked.values())).shape[0])
         dev = stacked[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
         N, E = self.num_nodes, self.num_edges
-        edge_attr = self._fill(lambda k: stacked[k], B, dev).reshape(B * E, self.width)
+        check_memory(self.graph_bytes(B), f"a batch of {B} graphs ({self.layout} layout, {E:,} edges each)",
+                     "convert in smaller batches, or use a shared-structure batch "
+                     "(metanet.graph.SharedBatch: one structure for all checkpoints)")
+        edge_attr = self._fill(lambda k: stacked[k], B, dev)
+        return self._batch(edge_attr, self._extras(lambda k: stacked[k], B))
+
+    def shared(self, stacked: Mapping[str, torch.Tensor], check: bool = True) -> "SharedBatch":
+        """A stack of checkpoints as a :class:`~metanet.graph.SharedBatch`: edge features
+        ``[B, E, width]`` and one structure for all (no per-checkpoint copies)."""
+        from .batch import SharedBatch
+
+        if check:
+            self.ws.check(stacked, batched=True)
+            self._check_exact_extras(stacked)
+            self._check_dtypes(stacked)
+        B = int(next(iter(stacked.values())).shape[0])
+        dev = stacked[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
+        check_memory(B * self.num_edges * self.width * torch.empty(0, dtype=self.dtype).element_size(),
+                     f"the edge features of {B} checkpoints", "convert in smaller batches")
+        return SharedBatch(self, self._fill(lambda k: stacked[k], B, dev), self._extras(lambda k: stacked[k], B))
+
+    def _batch(self, edge_attr: torch.Tensor, extras: torch.Tensor) -> Batch:
+        """A PyG Batch of graphs of this layout from edge features [B, E, width]."""
+        B, E, N = edge_attr.shape[0], self.num_edges, self.num_nodes
+        dev = edge_attr.device
+        edge_attr = edge_attr.reshape(B * E, self.width)
         node_off = torch.arange(B, device=dev) * N
         edge_index = (self.edge_index.to(dev).unsqueeze(1) + node_off.view(1, B, 1)).reshape(2, B * E)
         rep = lambda t: t.to(dev).repeat(B, *([1] * (t.dim() - 1)))  # noqa: E731
         batch = Batch(_base_cls=ParamGraph, x=rep(self.x), edge_index=edge_index, edge_attr=edge_attr,
                       edge_type=rep(self.edge_type), edge_pos=rep(self.edge_pos),
                       node_type=rep(self.node_type), node_pos=rep(self.node_pos),
-                      extras=self._extras(lambda k: stacked[k], B),
+                      edge_role=rep(self.edge_role), edge_depth=rep(self.edge_depth),
+                      edge_kpos=rep(self.edge_kpos), node_kind=rep(self.node_kind),
+                      node_depth=rep(self.node_depth),
+                      extras=extras,
                       layout=[self.layout] * B, width=torch.full((B,), self.width),
                       batch=torch.arange(B, device=dev).repeat_interleave(N),
                       ptr=torch.arange(B + 1, device=dev) * N)
@@ -384,8 +569,9 @@ class GraphLayout:
         batch._num_graphs = B
         batch._slice_dict = {"x": steps(N), "edge_index": steps(E), "edge_attr": steps(E),
                              "edge_type": steps(E), "edge_pos": steps(E), "node_type": steps(N),
-                             "node_pos": steps(N), "extras": steps(1), "layout": steps(1),
-                             "width": steps(1)}
+                             "node_pos": steps(N), "edge_role": steps(E), "edge_depth": steps(E),
+                             "edge_kpos": steps(E), "node_kind": steps(N), "node_depth": steps(N),
+                             "extras": steps(1), "layout": steps(1), "width": steps(1)}
         zeros = torch.zeros(B, dtype=torch.long)
         batch._inc_dict = {k: zeros for k in batch._slice_dict}
         batch._inc_dict["edge_index"] = torch.arange(B) * N
@@ -427,12 +613,29 @@ class GraphLayout:
             out[k] = v if batched else v[0]
         return out
 
+    def _with_metadata(self, out: dict) -> "OrderedDict[str, torch.Tensor]":
+        """PyTorch's ``_metadata`` (module versions) on the returned state dict, so that
+        every module's ``load_state_dict`` accepts it."""
+        try:
+            from ..space.weightspace import _with_metadata
+        except ImportError:  # an older weightspace module
+            _with_metadata = None
+        if _with_metadata is not None:
+            return _with_metadata(out, self.ws)
+        od = OrderedDict(out)
+        meta = getattr(self.ws, "_metadata", None)
+        if meta is not None:
+            od._metadata = OrderedDict((k, dict(v)) for k, v in meta.items())
+        return od
+
     def state_dict(self, graph) -> dict[str, torch.Tensor]:
-        return self._assemble(self._unfill(graph.edge_attr, 1), graph.extras.reshape(1, -1), 1, False)
+        return self._with_metadata(
+            self._assemble(self._unfill(graph.edge_attr, 1), graph.extras.reshape(1, -1), 1, False))
 
     def state_dicts(self, batch) -> dict[str, torch.Tensor]:
         B = int(batch.num_graphs)
-        return self._assemble(self._unfill(batch.edge_attr, B), batch.extras.reshape(B, -1), B, True)
+        return self._with_metadata(
+            self._assemble(self._unfill(batch.edge_attr, B), batch.extras.reshape(B, -1), B, True))
 
     def node_index(self, perm) -> torch.Tensor:
         by_space = self.ws._by_space(perm.perms)
