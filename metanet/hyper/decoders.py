@@ -1,0 +1,129 @@
+"""Decoders: node embedding -> parameter tensor of any shape, batched over tensors of
+equal shape.
+
+Every decoder maps ``e [G, hid]`` (one row per tensor of one shape) to ``[G, *shape]``
+in one call, and says which shapes it can reach (:meth:`reaches`).
+
+* :class:`TiledDecoder` (GHN-2/3): one fixed block ``[b_out, b_in, K, K]`` per tensor,
+  repeated along the channel axes when the tensor is wider than the block and sliced
+  when narrower; kernels smaller than ``K`` are cropped around the centre, larger ones
+  tiled. Reaches every shape. Its size is ``hid * b_out * b_in * K * K``: predicting
+  width ``d`` without copies costs ``d**2`` per hidden unit.
+* :class:`LowRankDecoder` (LoGAH, Zhou et al. 2024): factors ``A [d, r]``,
+  ``B [r, d]`` and one spatial kernel per rank ``C [r, K, K]``;
+  ``W[o, i, s] = sum_r A[o, r] B[r, i] C[r, s] / sqrt(r)``. Any width up to ``d`` is
+  predicted without copies, at a cost of ``hid * r * (2 d + K * K)``; wider tensors
+  are out of reach (the GHN leaves them at the model's own initialisation).
+* :class:`VectorHead` (1-D tensors) and the classifier heads are small decoders of the
+  same two kinds.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["TiledDecoder", "LowRankDecoder", "VectorHead", "fit_axis", "fit_spatial"]
+
+
+def fit_axis(x: torch.Tensor, dim: int, n: int, centre: bool = False) -> torch.Tensor:
+    """Slice ``x`` to length ``n`` along ``dim`` (around the centre when ``centre``), or
+    repeat it first when it is shorter than ``n``."""
+    size = x.shape[dim]
+    if n > size:
+        reps = [1] * x.dim()
+        reps[dim] = math.ceil(n / size)
+        x = x.repeat(*reps)
+        return x.narrow(dim, 0, n)
+    start = (size - n) // 2 if centre else 0
+    return x.narrow(dim, start, n)
+
+
+def fit_spatial(x: torch.Tensor, rest: tuple[int, ...]) -> torch.Tensor:
+    """``x [..., K, K]`` -> ``[..., *rest]``: the centre for no spatial axes, the centre
+    row for 1-D kernels, a centred crop (or tiling) for 2-D, flattened for more."""
+    k = x.shape[-1]
+    c = k // 2
+    if len(rest) == 0:
+        return x[..., c, c]
+    if len(rest) == 1:
+        return fit_axis(x[..., c, :], -1, rest[0], centre=True)
+    if len(rest) == 2:
+        return fit_axis(fit_axis(x, -2, rest[0], centre=True), -1, rest[1], centre=True)
+    flat = fit_axis(x.flatten(-2), -1, math.prod(rest), centre=True)
+    return flat.reshape(*x.shape[:-2], *rest)
+
+
+def _mlp(hid: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hid, hid), nn.GELU(), nn.Linear(hid, out))
+
+
+class TiledDecoder(nn.Module):
+    """GHN-2/3 tiled decoder: a ``[b_out, b_in, K, K]`` block per tensor."""
+
+    def __init__(self, hid: int, b_out: int = 32, b_in: int = 32, kernel: int = 3):
+        super().__init__()
+        self.b_out, self.b_in, self.kernel = b_out, b_in, kernel
+        self.net = _mlp(hid, b_out * b_in * kernel * kernel)
+
+    def reaches(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) >= 2
+
+    def forward(self, e: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        g = e.shape[0]
+        block = self.net(e).view(g, self.b_out, self.b_in, self.kernel, self.kernel)
+        block = fit_axis(fit_axis(block, 1, shape[0]), 2, shape[1])
+        return fit_spatial(block, tuple(shape[2:]))
+
+    def extra_repr(self) -> str:
+        return f"block=[{self.b_out}, {self.b_in}, {self.kernel}, {self.kernel}]"
+
+
+class LowRankDecoder(nn.Module):
+    """LoGAH low-rank decoder: ``W = A B`` per tensor (with one kernel per rank)."""
+
+    def __init__(self, hid: int, max_width: int = 64, rank: int = 16, kernel: int = 3,
+                 max_out: int | None = None, tile_rows: bool = False):
+        super().__init__()
+        self.max_out = max_out or max_width
+        self.max_in, self.rank, self.kernel, self.tile_rows = max_width, rank, kernel, tile_rows
+        self.trunk = nn.Sequential(nn.Linear(hid, hid), nn.GELU())
+        self.a = nn.Linear(hid, self.max_out * rank)
+        self.b = nn.Linear(hid, rank * self.max_in)
+        self.c = nn.Linear(hid, rank * kernel * kernel)
+
+    def reaches(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) >= 2 and shape[1] <= self.max_in and (self.tile_rows or shape[0] <= self.max_out)
+
+    def forward(self, e: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        g, r = e.shape[0], self.rank
+        t = self.trunk(e)
+        a = fit_axis(self.a(t).view(g, self.max_out, r), 1, shape[0])
+        b = self.b(t).view(g, r, self.max_in)[:, :, : shape[1]]
+        c = fit_spatial(self.c(t).view(g, r, self.kernel, self.kernel), tuple(shape[2:]))
+        c = c.reshape(g, r, -1)
+        w = torch.einsum("gor,gri,grs->gois", a, b, c) / math.sqrt(r)
+        return w.reshape(g, *shape)
+
+    def extra_repr(self) -> str:
+        return f"max_width={self.max_in}, rank={self.rank}, kernel={self.kernel}"
+
+
+class VectorHead(nn.Module):
+    """1-D tensors (biases, norm scales): a block of ``length`` values, repeated when
+    the tensor is longer (``tile=True``) or out of reach (``tile=False``)."""
+
+    def __init__(self, hid: int, length: int = 32, tile: bool = True):
+        super().__init__()
+        self.length, self.tile = length, tile
+        self.net = _mlp(hid, length)
+
+    def reaches(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == 1 and (self.tile or shape[0] <= self.length)
+
+    def forward(self, e: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return fit_axis(self.net(e), 1, shape[0])
+
+    def extra_repr(self) -> str:
+        return f"length={self.length}"

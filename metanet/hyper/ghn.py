@@ -1,0 +1,222 @@
+"""GHN: a graph hypernetwork that predicts the parameters of any model WeightSpace can
+trace (GHN-2, Knyazev et al. NeurIPS 2021; GHN-3, ICML 2023; LoGAH, Zhou et al. 2024).
+
+>>> ghn = GHN(gnn="transformer", decoder="lowrank")
+>>> params = ghn.predict(model)              # differentiable {name: tensor}
+>>> out = torch.func.functional_call(model, params, (x,), strict=False)
+>>> ghn(model)                               # or: load them into the model
+>>> params.unpredicted                       # {name: why it keeps the model's init}
+
+Pipeline: the model's op graph (traced once per architecture) -> node features (op-kind
+embedding + embeddings of the op's parameter shape) -> graph network (``gnn``:
+"gated", GHN-2's gated GNN with forward/backward passes and virtual edges, or
+"transformer", GHN-3's graph transformer with degree and shortest-path encodings) ->
+one decoder call per group of equal-shaped tensors (``decoder``: "tiled" or
+"lowrank"; separate small heads for 1-D tensors and for the classifier) ->
+GHN-2's operation-dependent normalisation:
+
+=============  ==============================================  ======================
+transform      tensors                                          value
+=============  ==============================================  ======================
+fan_in         ≥2-D weights of linear/conv/embedding/RNN ops    ``raw / sqrt(fan_in)``
+norm_scale     the scale of a normalisation layer               ``2 * sigmoid(raw)``
+bias           other 1-D tensors (biases, norm shifts)          ``tanh(raw)``
+plain          other ≥2-D tensors (positional tables, ...)      ``raw / sqrt(fan_in)``
+=============  ==============================================  ======================
+
+With ``residual=True`` (MIP's additive form) the prediction is the model's own
+initial value plus ``alpha * raw``, ``alpha`` learned per transform (starting at 0).
+
+Predicted tensors reach a model only through ``torch.func.functional_call`` (or, for
+``ghn(model)``, by copying values into the existing parameters): the GHN never
+replaces ``module._parameters``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from ..trace.vocab import KINDS
+from .decoders import LowRankDecoder, TiledDecoder, VectorHead
+from .gnn import GatedGNN, GraphTransformer
+from .graph import N_SHAPE_BUCKETS, HyperGraph, hyper_graph
+
+__all__ = ["GHN", "Prediction"]
+
+_TRANSFORMS = ("fan_in", "norm_scale", "bias", "plain")
+_MAX_SLOT = 8
+
+
+class Prediction(dict):
+    """Predicted parameters ``{name: tensor}`` (differentiable), plus which of the
+    model's parameters were not predicted and why (``unpredicted``)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], unpredicted: dict[str, str]):
+        super().__init__(params)
+        self.unpredicted = dict(unpredicted)
+
+    @property
+    def predicted(self) -> list[str]:
+        return list(self.keys())
+
+    def report(self) -> str:
+        lines = [f"predicted {len(self)} tensors ({sum(t.numel() for t in self.values()):,} values); "
+                 f"{len(self.unpredicted)} keep the model's initialisation"]
+        lines += [f"  {k}: {why}" for k, why in self.unpredicted.items()]
+        return "\n".join(lines)
+
+
+class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
+          tags=["metanet", "graph-hypernetwork"]):
+    """Graph hypernetwork. All arguments are JSON values (saved in ``config.json``).
+
+    Args:
+        hid: width of node embeddings.
+        gnn: "gated" (GHN-2) or "transformer" (GHN-3).
+        layers: transformer layers, or gated-GNN rounds (forward+backward passes).
+        heads: attention heads (transformer).
+        max_virtual: longest distance joined by a virtual edge (gated).
+        max_dist: shortest-path distances encoded (transformer).
+        decoder: "tiled" (GHN-2/3) or "lowrank" (LoGAH).
+        block: tiled block ``[block, block, kernel, kernel]``; also the 1-D head's
+            length for the tiled decoder.
+        kernel: largest kernel size predicted without tiling.
+        max_width: widest tensor axis the low-rank decoder reaches (and its 1-D head).
+        rank: rank of the low-rank decoder.
+        classifier_rows: rows (classes) the classifier head predicts before repeating.
+        residual: MIP's additive output (model's init + learned correction).
+    """
+
+    def __init__(self, hid: int = 64, gnn: str = "transformer", layers: int = 3, heads: int = 4,
+                 max_virtual: int = 5, max_dist: int = 8, decoder: str = "tiled", block: int = 32,
+                 kernel: int = 3, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
+                 residual: bool = False):
+        super().__init__()
+        if gnn not in ("gated", "transformer"):
+            raise ValueError(f"gnn must be 'gated' (GHN-2) or 'transformer' (GHN-3), got {gnn!r}")
+        if decoder not in ("tiled", "lowrank"):
+            raise ValueError(f"decoder must be 'tiled' (GHN-2/3) or 'lowrank' (LoGAH), got {decoder!r}")
+        self.config = dict(hid=hid, gnn=gnn, layers=layers, heads=heads, max_virtual=max_virtual,
+                           max_dist=max_dist, decoder=decoder, block=block, kernel=kernel,
+                           max_width=max_width, rank=rank, classifier_rows=classifier_rows,
+                           residual=residual)
+        self.residual = residual
+        self.kind_embed = nn.Embedding(len(KINDS), hid)
+        self.shape_embed = nn.ModuleList(nn.Embedding(N_SHAPE_BUCKETS, hid) for _ in range(4))
+        if gnn == "gated":
+            self.gnn = GatedGNN(hid, rounds=layers, max_virtual=max_virtual)
+        else:
+            self.gnn = GraphTransformer(hid, layers=layers, heads=heads, max_dist=max_dist)
+        self.norm = nn.LayerNorm(hid)
+        self.slot_embed = nn.Embedding(_MAX_SLOT, hid)
+        if decoder == "tiled":
+            self.decoders = nn.ModuleDict(dict(
+                weight=TiledDecoder(hid, block, block, kernel),
+                classifier=TiledDecoder(hid, classifier_rows, block, 1),
+                vector=VectorHead(hid, block, tile=True)))
+        else:
+            self.decoders = nn.ModuleDict(dict(
+                weight=LowRankDecoder(hid, max_width, rank, kernel),
+                classifier=LowRankDecoder(hid, max_width, rank, 1, max_out=classifier_rows,
+                                          tile_rows=True),
+                vector=VectorHead(hid, max_width, tile=False)))
+        self.alpha = nn.Parameter(torch.zeros(len(_TRANSFORMS))) if residual else None
+        # how many nodes of each op kind meta-training has seen: kinds never seen are
+        # not predicted by a trained GHN (an untrained one predicts every kind)
+        self.register_buffer("kinds_seen", torch.zeros(len(KINDS)))
+
+    # -- graph -> node embeddings ----------------------------------------------------------------
+    def embed(self, g: HyperGraph) -> torch.Tensor:
+        dev = self.kind_embed.weight.device
+        h = self.kind_embed(g.kinds.to(dev))
+        sf = g.shape_feats.to(dev)
+        for j, emb in enumerate(self.shape_embed):
+            h = h + emb(sf[:, j])
+        return self.norm(self.gnn(h, g))
+
+    # -- prediction --------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, example_inputs: Any = None) -> Prediction:
+        """Predict ``model``'s parameters. Differentiable with respect to the GHN.
+
+        ``example_inputs`` (what ``forward`` takes) may be left out for models with an
+        ``example_input()`` method (the zoo's models). Parameters the GHN does not
+        predict are listed in ``.unpredicted`` with the reason; pass the result to
+        ``torch.func.functional_call(model, params, args, strict=False)``, which takes
+        those from the model."""
+        g = hyper_graph(model, example_inputs)
+        if self.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                self.kinds_seen += torch.bincount(g.kinds, minlength=len(KINDS)).to(self.kinds_seen)
+        h = self.embed(g)
+        seen = self.kinds_seen > 0
+        trained = bool(seen.any())
+        out: dict[str, torch.Tensor] = {}
+        unpredicted = dict(g.unpredicted)
+        groups: dict[tuple, list] = {}
+        for t in g.tensors:
+            if trained and not seen[g.kinds[t.node]]:
+                unpredicted[t.name] = (f"op kind {g.node_kinds[t.node]!r} was never seen in "
+                                       "meta-training")
+                continue
+            if not self.decoders[t.head].reaches(t.shape):
+                unpredicted[t.name] = (f"shape {t.shape} is beyond the {self.config['decoder']} "
+                                       f"decoder's reach (max_width={self.config['max_width']}); "
+                                       "build the GHN with a larger max_width to predict it")
+                continue
+            groups.setdefault((t.head, t.shape, t.transform, t.fan_in), []).append(t)
+        dev = h.device
+        for (head, shape, transform, fan_in), specs in groups.items():
+            nodes = torch.tensor([t.node for t in specs], device=dev)
+            slots = torch.tensor([min(t.slot, _MAX_SLOT - 1) for t in specs], device=dev)
+            raw = self.decoders[head](h[nodes] + self.slot_embed(slots), shape)
+            vals = self._transform(raw, transform, fan_in, model, specs)
+            for t, v in zip(specs, vals.unbind(0)):
+                out[t.name] = v
+        # keep the model's order
+        order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+        out = dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 0)))
+        return Prediction(out, unpredicted)
+
+    def _transform(self, raw: torch.Tensor, transform: str, fan_in: int, model: nn.Module,
+                   specs: list) -> torch.Tensor:
+        if self.residual:
+            base = torch.stack([model.get_parameter(t.name).detach().to(raw) for t in specs])
+            return base + self.alpha[_TRANSFORMS.index(transform)] * raw
+        if transform in ("fan_in", "plain"):
+            return raw / math.sqrt(max(fan_in, 1))
+        if transform == "norm_scale":
+            return 2 * torch.sigmoid(raw)
+        return torch.tanh(raw)
+
+    @torch.no_grad()
+    def load(self, model: nn.Module, example_inputs: Any = None) -> Prediction:
+        """Predict ``model``'s parameters and copy them into it (in place, no graph kept).
+        Returns the prediction, whose ``unpredicted`` lists what kept its own init."""
+        pred = self.predict(model, example_inputs)
+        for name, v in pred.items():
+            p = model.get_parameter(name)
+            if p.is_meta:
+                raise ValueError(f"{name} lives on the meta device: use ghn.predict(model) for "
+                                 "meta models (there is no storage to load values into)")
+            p.copy_(v.to(p))
+        return pred
+
+    def forward(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
+        """Initialise ``model`` with predicted parameters and return it. Warns with the
+        names that kept the model's own initialisation (see :meth:`load`)."""
+        pred = self.load(model, example_inputs)
+        if pred.unpredicted:
+            names = list(pred.unpredicted)
+            warnings.warn(f"GHN: {len(names)} parameter(s) keep the model's own initialisation: "
+                          + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+                          + " (ghn.load(model).unpredicted says why)", stacklevel=2)
+        return model
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"gnn={c['gnn']}, decoder={c['decoder']}, hid={c['hid']}"
