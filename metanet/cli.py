@@ -20,7 +20,9 @@ SUBCOMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metanet",
-        description="Learning in weight space: convert models, build zoos, train metanetworks.",
+        description=("Learning in weight space: trace a PyTorch model into its weight space "
+                     "(neuron symmetries, parameter graph) and build, check and share zoos of "
+                     "trained checkpoints."),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
@@ -34,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:   # Ctrl-C: a line, not a traceback
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -59,9 +59,14 @@ class SequentialExecutor(Executor):
 
 
 def _worker_init():
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C in a terminal reaches every process of the group: the build's own process
+    # stops the workers (see pool_map); they print nothing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _train_to_bytes(job: Job) -> bytes:
@@ -103,8 +108,11 @@ def pool_map(fn, items: Sequence, workers: int, max_in_flight: int, describe) ->
                 yield item, result
         finished = True
     finally:
-        # on an error or Ctrl-C, do not wait for the work in flight (its results would
-        # be dropped anyway); the workers exit after their current item
+        # on an error or Ctrl-C, do not wait for the work in flight: its results would be
+        # dropped anyway (workers only return bytes; the build writes files)
+        if not finished:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
         pool.shutdown(wait=finished, cancel_futures=True)
 
 

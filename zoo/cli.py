@@ -19,6 +19,26 @@ import argparse
 import json
 import sys
 
+DESCRIPTION = """\
+Build, check and share zoos: many trained checkpoints with their metrics.
+
+A zoo is a folder of safetensors shards plus a manifest (one JSON record per
+checkpoint: architecture, hyperparameters, step, metrics). A build trains the
+networks a recipe samples and saves each one as it finishes: after an interruption,
+rerun the same command to resume. In Python, read a zoo with zoo.Zoo.open(folder)."""
+
+EXAMPLES = """\
+examples:
+  metanet zoo recipes                                   what can be built
+  metanet zoo build --recipe digits_cnn --n 1000 --out zoos/digits --workers 2
+  metanet zoo build --recipe mnist1d_cnn --n 200 --out zoos/m1d --epochs 0,1,5,20
+  metanet zoo info zoos/digits                          networks, steps, metrics
+  metanet zoo verify zoos/digits                        every record, tensor and checksum
+  metanet zoo import --format smallcnnzoo PATH --out zoos/smallcnn
+  metanet zoo push zoos/digits user/digits-zoo          share on the Hugging Face Hub
+  metanet zoo pull user/digits-zoo --out zoos/digits
+  torchrun --nproc_per_node 4 -m zoo build --recipe mixed --networks 5000 --out zoos/mixed"""
+
 
 def _parse_size(s: str) -> int:
     s = s.strip().upper()
@@ -53,10 +73,13 @@ def _cmd_build(args) -> int:
     _log_to_stderr(args.quiet)
     executor = make_executor(args.executor, args.workers, device=args.device,
                              max_batch=args.max_batch)
-    summary = build(args.recipe, args.n, args.out, seed=args.seed, executor=executor,
-                    workers=args.workers, options=options, rank=args.rank,
-                    world_size=args.world_size, do_pack=False if args.no_pack else None,
-                    shard_bytes=_parse_size(args.shard_size), progress=not args.quiet)
+    try:
+        summary = build(args.recipe, args.n, args.out, seed=args.seed, executor=executor,
+                        workers=args.workers, options=options, rank=args.rank,
+                        world_size=args.world_size, do_pack=False if args.no_pack else None,
+                        shard_bytes=_parse_size(args.shard_size), progress=not args.quiet)
+    except KeyboardInterrupt:
+        return _interrupted(args.out, args.n)
     r = summary
     print(f"{r['recipe']}: rank {r['rank']}/{r['world_size']}: {r['trained']} trained, "
           f"{r['skipped']} already done, {r['diverged']} diverged, {r['train_seconds']:.1f} s"
@@ -65,6 +88,23 @@ def _cmd_build(args) -> int:
              else "; not packed (run `metanet zoo pack` when all ranks are done)"
              if r["world_size"] > 1 else ""))
     return 0
+
+
+EXIT_INTERRUPTED = 130   # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+
+
+def _interrupted(out, n: int) -> int:
+    """One line instead of a traceback: what is saved, and how to go on."""
+    from .store import ZooDir
+
+    try:
+        zd = ZooDir(out)
+        saved = len(zd.done_job_ids()) if zd.root.exists() else 0
+    except Exception:   # a half-initialised folder: say what can be said
+        saved = "?"
+    print(f"interrupted: networks saved in {out}: {saved} of {n}; rerun the same command to resume",
+          file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _log_to_stderr(quiet: bool) -> None:
@@ -195,7 +235,8 @@ def _guard(fn):
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``zoo`` and its subcommands to a ``metanet`` subparsers object."""
     p = subparsers.add_parser("zoo", help="build, verify, import and share checkpoint zoos",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 

@@ -23,6 +23,7 @@ up in the record itself (``id``, ``job``, ``index``, ``step``, ``arch``, ``recip
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections import OrderedDict, defaultdict
 from pathlib import Path
@@ -127,10 +128,40 @@ class Zoo(Dataset):
         return [self._records[i] for i in self._idx]
 
     def record(self, i: int) -> dict:
-        return self._records[self._idx[i]]
+        return self._records[self._idx[self._position(i)]]
+
+    def _position(self, i) -> int:
+        """Position ``i`` of this view (negative counts from the end), checked."""
+        return self._positions([i])[0]
+
+    def _positions(self, indices: Iterable[int] | None) -> list[int]:
+        """Positions in this view (default all), checked: integers in range."""
+        n = len(self._idx)
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, (torch.Tensor, np.ndarray)):
+            indices = indices.tolist()
+        out, bad = [], []
+        for i in indices:
+            if isinstance(i, (bool, np.bool_)):
+                raise TypeError(f"checkpoint positions are integers, got {i!r}")
+            try:
+                p = operator.index(i)
+            except TypeError:
+                raise TypeError(f"checkpoint positions are integers, got {type(i).__name__} {i!r}") from None
+            if -n <= p < n:
+                out.append(p % n)
+            else:
+                bad.append(p)
+        if bad:
+            valid = f"positions 0..{n - 1}" if n else "no positions"
+            raise IndexError(f"index {bad[0]} is out of range: this view holds {n} checkpoints ({valid})"
+                             + (f"; {len(bad)} of the {len(bad) + len(out)} indices asked for are out of range"
+                                if len(bad) > 1 else ""))
+        return out
 
     def subset(self, indices: Iterable[int]) -> "Zoo":
-        return self._view(self._idx[np.asarray(list(indices), dtype=np.int64)])
+        return self._view(self._idx[np.asarray(self._positions(indices), dtype=np.int64)])
 
     def jobs(self) -> list[str]:
         return sorted({self._records[i]["job"] for i in self._idx}, key=int)
@@ -181,7 +212,10 @@ class Zoo(Dataset):
         (inclusive range; None for an open end), ``name=[a, b]`` (membership),
         ``name=callable`` (predicate on the value).  ``step="last"`` / ``"first"`` keep
         each network's last / first checkpoint in this view.  ``predicate`` receives the
-        whole record.  A record lacking a field does not match."""
+        whole record.  A record lacking a field does not match.
+
+        A filter that matches nothing in a non-empty view raises ValueError saying which
+        condition matched nothing and the values the field takes in this view."""
         keep = []
         step_cond = conditions.get("step")
         special_step = step_cond if step_cond in ("last", "first") else None
@@ -216,7 +250,33 @@ class Zoo(Dataset):
                         best[rec["job"]] = i
             chosen = set(best.values())
             keep = [i for i in keep if i in chosen]
+        if not keep and len(self._idx):
+            raise ValueError(self._no_match(conditions, predicate))
         return self._view(keep)
+
+    def _no_match(self, conditions: dict, predicate) -> str:
+        """Why ``where(**conditions)`` matched none of this view's checkpoints."""
+        n = len(self._idx)
+        for name, cond in conditions.items():
+            values = []
+            for i in self._idx:
+                try:
+                    values.append(self._get(self._records[i], name))
+                except KeyError:
+                    pass
+            if not values:
+                return (f"where({name}=...): no checkpoint of this view ({n}) has a field {name!r}; "
+                        f"fields are looked up in the record, then metrics, hparams, meta and arch_kwargs")
+            if not any(_match(v, cond) for v in values):
+                distinct = _distinct(values)
+                shown = ", ".join(repr(v) for v in distinct[:20]) + (", ..." if len(distinct) > 20 else "")
+                return (f"where({name}={cond!r}) matches none of the {n} checkpoints of this view; "
+                        f"{name} takes the values {shown}")
+        if predicate is not None:
+            return f"where(): the predicate matches none of the {n} checkpoints of this view"
+        conds = ", ".join(f"{k}={v!r}" for k, v in conditions.items())
+        return (f"where({conds}): each condition matches some of the {n} checkpoints of this view, "
+                f"but no checkpoint matches all of them")
 
     def split(self, fractions: Sequence[float], seed: int = 0, by: str = "job") -> list["Zoo"]:
         """Seeded random split into views with the given fractions of groups.
@@ -307,7 +367,7 @@ class Zoo(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if isinstance(i, slice):
             raise TypeError("use zoo.subset(range(...)) for a slice of a zoo")
-        return self._read(self._records[self._idx[i]])
+        return self._read(self._records[self._idx[self._position(i)]])
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         return self[i]
@@ -408,7 +468,7 @@ class Zoo(Dataset):
 
         Float-only architectures take a bulk path (one slice of a memory-mapped shard
         per checkpoint); others, or anything unusual, read tensor by tensor."""
-        positions = list(range(len(self))) if indices is None else list(indices)
+        positions = self._positions(indices)
         first, recs = self._one_arch(positions)
         exp = self._expected(first)
         if exp is not None:
@@ -460,7 +520,7 @@ class Zoo(Dataset):
         stacked tensors by ``WeightSpace.graphs``.  Checkpoints must share parameter
         shapes; if they differ in activation (a different weight space), each kind is
         converted separately and the graphs are merged in the order asked for."""
-        positions = list(range(len(self))) if indices is None else list(indices)
+        positions = self._positions(indices)
         self._one_arch(positions)
         kinds: dict[str, list[int]] = defaultdict(list)
         for p in positions:
@@ -526,6 +586,17 @@ class _ShardIndex:
         self.base = 8 + n
         self.entries = header
         self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def _distinct(values: list) -> list:
+    """Distinct values, sorted where they compare."""
+    seen: dict[str, Any] = {}
+    for v in values:
+        seen.setdefault(json.dumps(v, sort_keys=True, default=repr), v)
+    try:
+        return sorted(seen.values())
+    except TypeError:
+        return sorted(seen.values(), key=repr)
 
 
 def _match(v, cond) -> bool:

@@ -1,18 +1,31 @@
 """WeightSpace: the parameters of one architecture and the neuron symmetries that
-leave its function unchanged."""
+leave its function unchanged.
+
+Memory. :meth:`WeightSpace.of` caches weight spaces per architecture (the trace and the
+neuron groups: small), bounded by their estimated size (:data:`CACHE_BYTES`, the pickled
+size of each entry). Graph layouts (the structure tensors every graph of an architecture
+shares: the big part) are not cached with them: a weight space holds its layouts weakly,
+and only the :data:`RECENT_LAYOUTS` most recently used layouts are kept alive by the
+cache, so converting many architectures one after another keeps memory flat. A graph
+keeps its own structure tensors alive, not its layout: ``state_dict(g)`` of an old graph
+rebuilds the layout if it was let go.
+"""
 from __future__ import annotations
 
 import hashlib
+import operator
+import pickle
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping
+from math import prod
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..trace import OpGraph, trace
 from .propagate import Propagator, Spaces
-from .structure import index_map, value_map
 
 
 class StateDictError(ValueError):
@@ -34,7 +47,11 @@ class Group:
 
 @dataclass(frozen=True)
 class Permutation:
-    """One permutation per neuron group: ``perms[g][j]`` is the old index of new neuron j."""
+    """One permutation per neuron group: ``perms[g][j]`` is the old index of new neuron j.
+
+    For a stack of networks (``permute(..., batched=True)``) each ``perms[g]`` is either
+    ``[size]`` (the same permutation for every network) or ``[B, size]`` (one per
+    network); :meth:`stack` makes the latter from a list of permutations."""
 
     perms: tuple[torch.Tensor, ...]
 
@@ -44,21 +61,198 @@ class Permutation:
     def __len__(self) -> int:
         return len(self.perms)
 
+    @property
+    def batch_size(self) -> int | None:
+        """B when some group holds one permutation per network ([B, size]), else None."""
+        return next((int(p.shape[0]) for p in self.perms if p.dim() == 2), None)
+
     def inverse(self) -> "Permutation":
-        return Permutation(tuple(torch.argsort(p) for p in self.perms))
+        return Permutation(tuple(torch.argsort(p, dim=-1) for p in self.perms))
+
+    @classmethod
+    def stack(cls, perms: Sequence["Permutation"]) -> "Permutation":
+        """One permutation per network, ``perms[b]`` for network b, as ``[B, size]`` tensors."""
+        perms = list(perms)
+        if not perms or not all(isinstance(p, Permutation) for p in perms):
+            raise TypeError("Permutation.stack takes a non-empty list of Permutations, got "
+                            + (", ".join(sorted({type(p).__name__ for p in perms})) or "an empty list"))
+        if any(p.batch_size is not None for p in perms):
+            raise ValueError("Permutation.stack takes one permutation per network; some already hold a batch")
+        sizes = {tuple(int(t.shape[-1]) for t in p.perms) for p in perms}
+        if len(sizes) > 1:
+            raise ValueError(f"cannot stack permutations of different weight spaces (group sizes {sorted(sizes)[:2]})")
+        return cls(tuple(torch.stack(ts) for ts in zip(*(p.perms for p in perms))))
 
 
 @dataclass(frozen=True)
 class Scaling:
     """Per-neuron factors for some groups: ``kind`` is "scale" (positive factors,
-    ReLU-like layers) or "sign" (±1, odd activations)."""
+    ReLU-like layers) or "sign" (±1, odd activations). Like a :class:`Permutation`, each
+    ``factors[g]`` is ``[size]`` or, for a stack of networks, ``[B, size]``."""
 
     factors: dict[int, torch.Tensor]
     kind: str
 
+    @classmethod
+    def stack(cls, scalings: Sequence["Scaling"]) -> "Scaling":
+        """One scaling per network, ``scalings[b]`` for network b, as ``[B, size]`` tensors."""
+        scalings = list(scalings)
+        if not scalings or not all(isinstance(s, Scaling) for s in scalings):
+            raise TypeError("Scaling.stack takes a non-empty list of Scalings")
+        kinds = {s.kind for s in scalings}
+        groups = {tuple(sorted(s.factors)) for s in scalings}
+        if len(kinds) > 1 or len(groups) > 1:
+            raise ValueError("Scaling.stack needs scalings of one kind over the same groups")
+        return cls({g: torch.stack([s.factors[g] for s in scalings]) for g in scalings[0].factors},
+                   scalings[0].kind)
 
-_CACHE: "OrderedDict[str, WeightSpace]" = OrderedDict()
-_CACHE_SIZE = 64
+
+# -- the architecture cache ------------------------------------------------------------------
+CACHE_BYTES = 256 * 2 ** 20   # bound on the cached weight spaces' estimated (pickled) size
+RECENT_LAYOUTS = 2            # graph layouts kept alive by the cache, most recently used
+
+_CACHE: "OrderedDict[str, tuple[WeightSpace, int]]" = OrderedDict()   # key -> (space, bytes)
+_RECENT: "list[Any]" = []     # strong references to the most recently used layouts
+
+
+def clear_cache() -> None:
+    """Forget every cached weight space and let go of every layout no graph space holds."""
+    _CACHE.clear()
+    _RECENT.clear()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct storages of the tensors an object holds in its attributes,
+    directly or in (nested) dicts."""
+    storages: dict[int, int] = {}
+
+    def walk(x: Any, depth: int) -> None:
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+        elif isinstance(x, dict) and depth:
+            for v in x.values():
+                walk(v, depth - 1)
+
+    for v in vars(obj).values():
+        walk(v, 3)
+    return sum(storages.values())
+
+
+def cache_info() -> dict:
+    """What the cache holds: ``spaces`` (cached weight spaces), ``bytes`` (their estimated
+    size), ``layouts`` (graph layouts still alive for cached spaces or recently used) and
+    ``layout_bytes`` (the tensors those layouts hold)."""
+    layouts = {id(lay): lay for lay in _RECENT}
+    for ws, _ in _CACHE.values():
+        for lay in list(ws._layouts.values()):
+            layouts[id(lay)] = lay
+    return {"spaces": len(_CACHE), "bytes": sum(b for _, b in _CACHE.values()),
+            "layouts": len(layouts), "layout_bytes": sum(_tensor_bytes(x) for x in layouts.values())}
+
+
+def _remember(ws: "WeightSpace", key: str) -> None:
+    size = len(pickle.dumps(ws, protocol=pickle.HIGHEST_PROTOCOL))
+    if size > CACHE_BYTES:
+        return  # larger than the whole cache: not kept
+    _CACHE[key] = (ws, size)
+    total = sum(b for _, b in _CACHE.values())
+    while total > CACHE_BYTES:
+        _, (_, b) = _CACHE.popitem(last=False)
+        total -= b
+
+
+def _keep_recent(layout) -> None:
+    for i, lay in enumerate(_RECENT):
+        if lay is layout:
+            del _RECENT[i]
+            break
+    _RECENT.insert(0, layout)
+    del _RECENT[RECENT_LAYOUTS:]
+
+
+# -- helpers for entry points -----------------------------------------------------------------
+def _with_metadata(out: Mapping[str, torch.Tensor], *sources: Any) -> "OrderedDict[str, torch.Tensor]":
+    """``out`` as an OrderedDict carrying PyTorch's ``_metadata`` (each module's state-dict
+    version, which ``load_state_dict`` passes to modules that check it, e.g. BatchNorm)
+    taken from the first source that has one: a state dict, or a :class:`WeightSpace`
+    (the traced model's)."""
+    res = out if isinstance(out, OrderedDict) else OrderedDict(out)
+    for src in sources:
+        meta = getattr(src, "_metadata", None)
+        if meta is not None:
+            res._metadata = OrderedDict((k, dict(v)) for k, v in meta.items())
+            break
+    return res
+
+
+def _require_state_dict(obj: Any, method: str, batched: bool) -> None:
+    """A clear TypeError for things that are not a state dict."""
+    if isinstance(obj, Mapping):
+        return
+    what = "one stacked state dict {name: Tensor[B, ...]}" if batched else "a state dict {name: Tensor}"
+    if isinstance(obj, nn.Module):
+        raise TypeError(f"{method}() takes {what}, got the module {type(obj).__name__}: "
+                        f"pass model.state_dict()")
+    if isinstance(obj, (list, tuple)):
+        if batched:
+            raise TypeError(f"{method}() takes {what}, got a {type(obj).__name__} of {len(obj)} items: "
+                            f"stack state dicts with {{k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}}")
+        raise TypeError(f"{method}() takes {what}, got a {type(obj).__name__} of {len(obj)} items: "
+                        f"pass one state dict, or stack them and use batched=True / graphs()")
+    hint = ""
+    if hasattr(obj, "edge_attr"):
+        hint = ": for a parameter graph, take ws.state_dict(graph) first"
+    raise TypeError(f"{method}() takes {what}, got {type(obj).__name__}{hint}")
+
+
+def _index_map(s: tuple, sizes, perms: Mapping[int, torch.Tensor]) -> torch.Tensor | None:
+    """Index vector along an axis of structure ``s`` (new[j] = old[idx[j]]) for per-atom
+    permutations of shape [n] or [B, n]; [axis] or [B, axis]. None where nothing moves."""
+    if not any(a in perms for seg in s for a in seg):
+        return None
+    pieces, offset = [], 0
+    for seg in s:
+        idx = torch.zeros(1, dtype=torch.long)
+        for a in seg:
+            p = perms.get(a)
+            p = torch.arange(sizes[a]) if p is None else p
+            idx = (idx.unsqueeze(-1) * sizes[a] + p.unsqueeze(-2)).flatten(-2)
+        pieces.append(idx + offset)
+        offset += prod(sizes[a] for a in seg)
+    return torch.cat(_common_batch(pieces), dim=-1)
+
+
+def _factor_map(s: tuple, sizes, values: Mapping[int, torch.Tensor]) -> torch.Tensor | None:
+    """Per-index float64 factors along an axis of structure ``s`` for per-atom factors of
+    shape [n] or [B, n]; [axis] or [B, axis]. None where nothing is scaled."""
+    if not any(a in values for seg in s for a in seg):
+        return None
+    pieces = []
+    for seg in s:
+        m = torch.ones(1, dtype=torch.float64)
+        for a in seg:
+            v = values.get(a)
+            v = torch.ones(sizes[a], dtype=torch.float64) if v is None else v
+            m = (m.unsqueeze(-1) * v.unsqueeze(-2)).flatten(-2)
+        pieces.append(m)
+    return torch.cat(_common_batch(pieces), dim=-1)
+
+
+def _common_batch(pieces: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Give [n] pieces the batch axis of any [B, n] piece, so that they concatenate."""
+    B = next((p.shape[0] for p in pieces if p.dim() == 2), None)
+    return pieces if B is None else [p.expand(B, -1) if p.dim() == 1 else p for p in pieces]
+
+
+def _take(v: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """``v`` reordered along ``dim`` by ``idx``: [n] for every network, or [B, n] (one row per
+    network of a stack whose batch axis is 0). Exact in every dtype."""
+    if idx.dim() == 1:
+        return v.index_select(dim, idx)
+    shape = [1] * v.dim()
+    shape[0], shape[dim] = idx.shape[0], idx.shape[1]
+    return v.gather(dim, idx.view(shape).expand(v.shape))
 
 
 def _spec(x: Any) -> Any:
@@ -93,7 +287,7 @@ class WeightSpace:
 
     def __init__(self, op_graph: OpGraph, keys: list[str], shapes: dict[str, tuple[int, ...]],
                  dtypes: dict[str, torch.dtype], aliases: dict[str, str], weights: list[str],
-                 spaces: Spaces):
+                 spaces: Spaces, metadata: Mapping | None = None):
         self.op_graph = op_graph
         self.keys = keys                # every state-dict key, in order
         self.shapes = shapes            # every state-dict key -> shape
@@ -116,7 +310,8 @@ class WeightSpace:
                 groups.append(Group(len(groups), spaces.sizes[sp], sp, name,
                                     sp not in spaces.no_scale, sp not in spaces.no_sign))
         self.groups = groups
-        self._layouts: dict = {}
+        self._metadata = metadata       # module versions of the traced model's state dict
+        self._layouts = weakref.WeakValueDictionary()
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -126,16 +321,17 @@ class WeightSpace:
 
         Cached per architecture (module tree, parameter shapes, input shapes): many
         checkpoints of one architecture are traced once."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"WeightSpace.of() takes a torch.nn.Module and example inputs, got "
+                            f"{type(model).__name__}")
         key = architecture_key(model, example_inputs, kwargs) if cache else None
         if key is not None and key in _CACHE:
             _CACHE.move_to_end(key)
-            return _CACHE[key]
+            return _CACHE[key][0]
         graph = trace(model, example_inputs, kwargs)
         ws = cls.from_op_graph(graph, model.state_dict(keep_vars=True))
         if key is not None:
-            _CACHE[key] = ws
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
+            _remember(ws, key)
         return ws
 
     @classmethod
@@ -159,12 +355,20 @@ class WeightSpace:
             if c not in graph.param_shapes and a in graph.param_shapes:
                 graph.param_shapes[c] = graph.param_shapes[a]
         spaces = Propagator(graph, aliases).run()
-        return cls(graph, keys, shapes, dtypes, aliases, weights, spaces)
+        metadata = getattr(state_dict, "_metadata", None)
+        return cls(graph, keys, shapes, dtypes, aliases, weights, spaces,
+                   None if metadata is None else OrderedDict((k, dict(v)) for k, v in metadata.items()))
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_layouts"] = {}
+        del state["_layouts"]   # layouts are rebuilt where needed
         return state
+
+    def __setstate__(self, state):
+        state.setdefault("_metadata", None)
+        state.pop("_layouts", None)
+        self.__dict__.update(state)
+        self._layouts = weakref.WeakValueDictionary()
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -199,7 +403,10 @@ class WeightSpace:
     # -- checks ----------------------------------------------------------------------------
     def check(self, state_dict: Mapping[str, torch.Tensor], *, finite: bool = False,
               batched: bool = False) -> None:
-        """Raise :class:`StateDictError` naming the first entry that does not match."""
+        """Raise :class:`StateDictError` naming the first entry that does not match: a
+        missing or unknown key, a value that is not a tensor, a wrong shape; with
+        ``batched=True`` (tensors stacked along a new first axis) also a ragged batch."""
+        _require_state_dict(state_dict, "check", batched)
         missing = [k for k in self.weights + self.extras if k not in state_dict]
         if missing:
             raise StateDictError(
@@ -207,20 +414,43 @@ class WeightSpace:
                 + "; it must hold every entry of model.state_dict() for this architecture")
         unexpected = [k for k in state_dict if k not in self.shapes]
         if unexpected:
-            raise StateDictError(f"state dict has {unexpected[0]!r}, which this architecture does not have")
-        for k in self.weights + self.extras:
-            v = state_dict[k]
-            shape = tuple(v.shape[1:]) if batched else tuple(v.shape)
-            if shape != self.shapes[k]:
-                raise StateDictError(f"{k!r} has shape {tuple(v.shape)}, expected "
-                                     f"{('[batch] + ' if batched else '')}{self.shapes[k]}")
+            raise StateDictError(f"state dict has {unexpected[0]!r}, which this architecture does not have"
+                                 + (f" (and {len(unexpected) - 1} more unknown keys)" if len(unexpected) > 1 else ""))
+        first = None
+        for k, v in state_dict.items():
+            if not isinstance(v, torch.Tensor):
+                raise StateDictError(f"{k!r} is a {type(v).__name__}, expected a torch.Tensor")
+            want, shape = self.shapes[k], tuple(v.shape)
+            if not batched:
+                if shape != want:
+                    stacked = len(shape) == len(want) + 1 and shape[1:] == want
+                    raise StateDictError(f"{k!r} has shape {shape}, expected {want}"
+                                         + (": that is a stack of checkpoints, pass batched=True" if stacked else ""))
+            elif not shape or shape[1:] != want:
+                raise StateDictError(f"{k!r} has shape {shape}, expected [batch, *{want}]"
+                                     + (": that is one checkpoint, stack checkpoints along a new first axis "
+                                        "(or pass batched=False)" if shape == want else ""))
+            elif first is None:
+                first = (k, shape[0])
+            elif shape[0] != first[1]:
+                raise StateDictError(f"ragged batch: {k!r} stacks {shape[0]} checkpoints, {first[0]!r} "
+                                     f"stacks {first[1]}; every entry needs the same batch size")
             if finite and v.is_floating_point() and not torch.isfinite(v).all():
                 raise StateDictError(f"{k!r} has non-finite values (nan or inf)")
 
+    @staticmethod
+    def _batch_size(stacked: Mapping[str, torch.Tensor]) -> int:
+        return int(next(iter(stacked.values())).shape[0]) if stacked else 0
+
     # -- permutations ------------------------------------------------------------------------
-    def sample_permutation(self, generator: torch.Generator | None = None) -> Permutation:
-        """A uniformly random permutation of every neuron group."""
-        return Permutation(tuple(torch.randperm(g.size, generator=generator) for g in self.groups))
+    def sample_permutation(self, generator: torch.Generator | None = None, *,
+                           batch: int | None = None) -> Permutation:
+        """A uniformly random permutation of every neuron group; with ``batch=B``, one for
+        each of B networks (``[B, size]`` tensors, for ``permute(..., batched=True)``)."""
+        if batch is None:
+            return Permutation(tuple(torch.randperm(g.size, generator=generator) for g in self.groups))
+        return Permutation(tuple(torch.rand(batch, g.size, generator=generator).argsort(-1)
+                                 for g in self.groups))
 
     def identity_permutation(self) -> Permutation:
         return Permutation(tuple(torch.arange(g.size) for g in self.groups))
@@ -229,25 +459,80 @@ class WeightSpace:
         items = per_group.items() if isinstance(per_group, Mapping) else enumerate(per_group)
         return {self.groups[g].space: v for g, v in items}
 
-    def permute(self, state_dict: Mapping[str, torch.Tensor], perm: Permutation, *,
-                batched: bool = False) -> dict[str, torch.Tensor]:
-        """Apply ``perm`` to every axis carrying a group. With ``batched=True`` the
-        tensors carry a leading batch axis (stacked checkpoints)."""
+    def _per_network(self, what: str, g: Group, t: Any, batch: int | None) -> torch.Tensor:
+        """Check one group's tensor of a permutation or scaling: [size], or [B, size] for a
+        stack of B networks. Returns it on the CPU."""
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what} of group {g.id} ({g.name}) is a {type(t).__name__}, expected a tensor")
+        if t.dim() == 2 and batch is None:
+            raise ValueError(f"{what} of group {g.id} ({g.name}) holds {t.shape[0]} networks ({tuple(t.shape)}): "
+                             f"pass a stacked state dict with batched=True")
+        if t.dim() == 2 and t.shape[0] != batch:
+            raise ValueError(f"{what} of group {g.id} ({g.name}) holds {t.shape[0]} networks, "
+                             f"the stacked state dict {batch}")
+        if t.dim() not in (1, 2) or t.shape[-1] != g.size:
+            raise ValueError(f"{what} of group {g.id} ({g.name}) has shape {tuple(t.shape)}, expected "
+                             f"[{g.size}]" + (f" or [{batch}, {g.size}]" if batch is not None else ""))
+        return t.cpu()
+
+    def _permutation(self, perm: Any, batch: int | None) -> list[torch.Tensor]:
+        if isinstance(perm, (list, tuple)) and perm and all(isinstance(p, Permutation) for p in perm):
+            if batch is None:
+                raise TypeError(f"permute() got a list of {len(perm)} Permutations (one per network): "
+                                f"that needs a stacked state dict and batched=True")
+            if len(perm) != batch:
+                raise ValueError(f"permute() got {len(perm)} Permutations for a stack of {batch} networks")
+            perm = Permutation.stack(perm)
+        if isinstance(perm, Scaling):
+            raise TypeError(f"permute() takes a Permutation, got a Scaling ({perm.kind}): apply it "
+                            f"with ws.scale(state_dict, scaling)")
+        if not isinstance(perm, Permutation):
+            raise TypeError(f"permute() takes a Permutation (e.g. ws.sample_permutation()), got {type(perm).__name__}")
         if len(perm) != len(self.groups):
-            raise ValueError(f"permutation has {len(perm)} groups, this space has {len(self.groups)}")
-        by_space = self._by_space(perm.perms)
-        out: dict[str, torch.Tensor] = {}
+            raise ValueError(f"permutation has {len(perm)} groups, this space has {len(self.groups)}: "
+                             f"was it made for another weight space?")
+        out = []
+        for g, p in zip(self.groups, perm.perms):
+            p = self._per_network("permutation", g, p, batch)
+            if p.is_floating_point() or p.is_complex() or p.dtype == torch.bool:
+                raise TypeError(f"permutation of group {g.id} ({g.name}) has dtype {p.dtype}, expected integers")
+            if not torch.equal(p.sort(-1).values, torch.arange(g.size).expand_as(p)):
+                raise ValueError(f"permutation of group {g.id} ({g.name}) is not a permutation of "
+                                 f"0..{g.size - 1} (repeated or out-of-range indices)")
+            out.append(p.long())
+        return out
+
+    def permute(self, state_dict: Mapping[str, torch.Tensor], perm: Permutation | Sequence[Permutation], *,
+                batched: bool = False) -> dict[str, torch.Tensor]:
+        """Apply ``perm`` to every axis carrying a group (exact: values are only moved, and
+        every tensor keeps its dtype and device).
+
+        With ``batched=True`` the tensors carry a leading batch axis (stacked
+        checkpoints) and ``perm`` is one :class:`Permutation` for every network, or one
+        per network: a list of B Permutations or a Permutation of ``[B, size]`` tensors
+        (``sample_permutation(batch=B)``, :meth:`Permutation.stack`). The state dict is
+        checked like :meth:`graph` does; the result keeps its ``_metadata`` (module
+        versions) and shares the tensors nothing moves with it."""
+        _require_state_dict(state_dict, "permute", batched)
+        self.check(state_dict, batched=batched)
+        batch = self._batch_size(state_dict) if batched else None
+        by_space = self._by_space(self._permutation(perm, batch))
+        out: dict[str, torch.Tensor] = OrderedDict()
         for k, v in state_dict.items():
             canon = self.aliases.get(k, k)
-            if canon not in self.spaces.axes or canon not in self.weights:
-                out[k] = v
-                continue
-            for axis, s in enumerate(self.spaces.axes[canon]):
-                idx = index_map(s, self.spaces.sizes, by_space)
-                if idx is not None:
-                    v = v.index_select(axis + int(batched), idx.to(v.device))
+            if canon in self._weight_set:
+                for axis, s in enumerate(self.spaces.axes[canon]):
+                    idx = _index_map(s, self.spaces.sizes, by_space)
+                    if idx is not None:
+                        v = _take(v, axis + int(batched), idx.to(v.device))
             out[k] = v
-        return out
+        return _with_metadata(out, state_dict, self)
+
+    @property
+    def _weight_set(self) -> set[str]:
+        if "_weights_set" not in self.__dict__:
+            self.__dict__["_weights_set"] = set(self.weights)
+        return self.__dict__["_weights_set"]
 
     # -- scalings and sign flips -------------------------------------------------------------------
     def _symmetric_groups(self, kind: str) -> list[Group]:
@@ -262,66 +547,114 @@ class WeightSpace:
             f"op that breaks it, e.g. {'; '.join(reasons) or 'there are no neuron groups'}")
 
     def sample_scaling(self, generator: torch.Generator | None = None, low: float = 0.5,
-                       high: float = 2.0) -> Scaling:
-        """Log-uniform positive factors in [low, high] for every group that admits them."""
+                       high: float = 2.0, *, batch: int | None = None) -> Scaling:
+        """Log-uniform positive factors in [low, high] for every group that admits them
+        (``[B, size]`` factors with ``batch=B``)."""
         groups = self._symmetric_groups("scale")
         if not groups:
             self._refuse("scale")
         if not 0 < low <= high:
             raise ValueError("scaling needs 0 < low <= high")
         lo, hi = torch.log(torch.tensor(low)), torch.log(torch.tensor(high))
-        return Scaling({g.id: torch.exp(lo + (hi - lo) * torch.rand(g.size, generator=generator))
+        lead = () if batch is None else (batch,)
+        return Scaling({g.id: torch.exp(lo + (hi - lo) * torch.rand(*lead, g.size, generator=generator))
                         for g in groups}, "scale")
 
-    def sample_sign_flip(self, generator: torch.Generator | None = None) -> Scaling:
-        """Random ±1 for every group whose neurons pass only through odd functions."""
+    def sample_sign_flip(self, generator: torch.Generator | None = None, *,
+                         batch: int | None = None) -> Scaling:
+        """Random ±1 for every group whose neurons pass only through odd functions
+        (``[B, size]`` with ``batch=B``)."""
         groups = self._symmetric_groups("sign")
         if not groups:
             self._refuse("sign")
-        return Scaling({g.id: torch.randint(0, 2, (g.size,), generator=generator).float() * 2 - 1
+        lead = () if batch is None else (batch,)
+        return Scaling({g.id: torch.randint(0, 2, (*lead, g.size), generator=generator).float() * 2 - 1
                         for g in groups}, "sign")
 
-    def scale(self, state_dict: Mapping[str, torch.Tensor], scaling: Scaling, *,
+    def _scaling(self, scaling: Any, batch: int | None) -> dict[int, torch.Tensor]:
+        if isinstance(scaling, (list, tuple)) and scaling and all(isinstance(s, Scaling) for s in scaling):
+            if batch is None:
+                raise TypeError(f"scale() got a list of {len(scaling)} Scalings (one per network): "
+                                f"that needs a stacked state dict and batched=True")
+            if len(scaling) != batch:
+                raise ValueError(f"scale() got {len(scaling)} Scalings for a stack of {batch} networks")
+            scaling = Scaling.stack(scaling)
+        if isinstance(scaling, Permutation):
+            raise TypeError("scale() takes a Scaling (ws.sample_scaling() or ws.sample_sign_flip()), "
+                            "got a Permutation: apply it with ws.permute(state_dict, perm)")
+        if not isinstance(scaling, Scaling):
+            raise TypeError(f"scale() takes a Scaling (ws.sample_scaling() or ws.sample_sign_flip()), "
+                            f"got {type(scaling).__name__}")
+        if scaling.kind not in ("scale", "sign"):
+            raise ValueError(f"Scaling.kind is 'scale' or 'sign', got {scaling.kind!r}")
+        allowed = {g.id for g in self._symmetric_groups(scaling.kind)}
+        out = {}
+        for gid, f in scaling.factors.items():
+            try:
+                g = self.groups[operator.index(gid)]
+            except (TypeError, IndexError):
+                raise ValueError(f"scaling names group {gid!r}; this space has groups "
+                                 f"0..{len(self.groups) - 1}") from None
+            if g.id not in allowed:
+                why = (self.spaces.no_scale if scaling.kind == "scale" else self.spaces.no_sign).get(g.space, "?")
+                raise ValueError(f"group {g.id} ({g.name}) has no {scaling.kind} symmetry: it passes through {why}")
+            f = self._per_network("scaling", g, f, batch).double()
+            if scaling.kind == "scale" and not (torch.isfinite(f) & (f > 0)).all():
+                raise ValueError(f"scaling of group {g.id} ({g.name}): positive scaling needs finite factors > 0")
+            if scaling.kind == "sign" and not (f.abs() == 1).all():
+                raise ValueError(f"sign flip of group {g.id} ({g.name}): factors must be +1 or -1")
+            out[g.id] = f
+        return out
+
+    def scale(self, state_dict: Mapping[str, torch.Tensor], scaling: Scaling | Sequence[Scaling], *,
               batched: bool = False) -> dict[str, torch.Tensor]:
         """Apply per-neuron factors: outgoing side (rows, bias) times f, incoming side
-        (columns of the next layer) divided by f."""
-        allowed = {g.id for g in self._symmetric_groups(scaling.kind)}
-        bad = [g for g in scaling.factors if g not in allowed]
-        if bad:
-            g = self.groups[bad[0]]
-            why = (self.spaces.no_scale if scaling.kind == "scale" else self.spaces.no_sign).get(g.space, "?")
-            raise ValueError(f"group {g.id} ({g.name}) has no {scaling.kind} symmetry: it passes through {why}")
-        if scaling.kind == "scale" and any((f <= 0).any() for f in scaling.factors.values()):
-            raise ValueError("positive scaling needs factors > 0")
-        by_space = self._by_space(scaling.factors)
-        out: dict[str, torch.Tensor] = {}
+        (columns of the next layer) divided by f.
+
+        Each tensor keeps its dtype: the product is computed in float64 and rounded once
+        (exact for sign flips). With ``batched=True`` the tensors carry a leading batch
+        axis and ``scaling`` is one :class:`Scaling` for every network or one per network
+        (a list, or ``[B, size]`` factors). Checked and ``_metadata`` kept as in :meth:`permute`."""
+        _require_state_dict(state_dict, "scale", batched)
+        self.check(state_dict, batched=batched)
+        batch = self._batch_size(state_dict) if batched else None
+        by_space = self._by_space(self._scaling(scaling, batch))
+        out: dict[str, torch.Tensor] = OrderedDict()
         for k, v in state_dict.items():
             canon = self.aliases.get(k, k)
-            if canon not in self.weights:
+            if canon not in self._weight_set:
                 out[k] = v
                 continue
             roles = self.spaces.scale_roles.get(canon, {})
             m = None
             for axis, s in enumerate(self.spaces.axes[canon]):
-                f = value_map(s, self.spaces.sizes, by_space)
+                f = _factor_map(s, self.spaces.sizes, by_space)
                 if f is None:
                     continue
                 if roles.get(axis) == "in":
                     f = 1.0 / f
                 shape = [1] * v.dim()
-                shape[axis + int(batched)] = -1
+                if f.dim() == 2:
+                    shape[0] = f.shape[0]
+                shape[axis + int(batched)] = f.shape[-1]
                 f = f.reshape(shape)
                 m = f if m is None else m * f
             out[k] = v if m is None else (v.double() * m.to(v.device)).to(v.dtype)
-        return out
+        return _with_metadata(out, state_dict, self)
 
     # -- parameter graphs (see metanet.graph) ----------------------------------------------------------
     def layout(self, layout: str = "compact", width: int | None = None):
+        """The :class:`~metanet.graph.layout.GraphLayout` of this space (built on first use,
+        held weakly: see the module docstring)."""
         from ..graph.layout import GraphLayout
-        key = (layout, width)
-        if key not in self._layouts:
-            self._layouts[key] = GraphLayout(self, layout, width)
-        return self._layouts[key]
+        key = (layout, 1 if layout == "param" else width)
+        lay = self._layouts.get(key)
+        if lay is None:
+            lay = GraphLayout(self, layout, width)
+            self._layouts[key] = lay
+            self._layouts[(layout, lay.width)] = lay   # the same layout, asked for by its width
+        _keep_recent(lay)
+        return lay
 
     def graph(self, state_dict: Mapping[str, torch.Tensor], layout: str = "compact", *,
               width: int | None = None, check: bool = True, copy: bool = False, out=None):
@@ -330,11 +663,14 @@ class WeightSpace:
         Its structure tensors are shared with every graph of this architecture (read-only)
         unless ``copy=True``. ``out=g`` refills a graph made earlier by this space (same
         layout) instead of allocating: the cheap way to convert checkpoints in a loop."""
+        _require_state_dict(state_dict, "graph", False)
         return self.layout(layout, width).graph(state_dict, check=check, copy=copy, out=out)
 
     def graphs(self, stacked: Mapping[str, torch.Tensor], layout: str = "compact", *,
                width: int | None = None, check: bool = True):
-        """Parameter graphs of a stack of checkpoints (leading batch axis) as one PyG ``Batch``."""
+        """Parameter graphs of a stack of checkpoints (``{name: Tensor[B, ...]}``, one
+        leading batch axis) as one PyG ``Batch``."""
+        _require_state_dict(stacked, "graphs", True)
         return self.layout(layout, width).graphs(stacked, check=check)
 
     def state_dict(self, graph) -> dict[str, torch.Tensor]:
