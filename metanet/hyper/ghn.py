@@ -18,11 +18,16 @@ GHN-2's operation-dependent normalisation:
 =============  ==============================================  ======================
 transform      tensors                                          value
 =============  ==============================================  ======================
-fan_in         ≥2-D weights of linear/conv/embedding/RNN ops    ``raw / sqrt(fan_in)``
+fan_in         ≥2-D weights of linear/conv/embedding/RNN ops    ``g * sqrt(2 / fan_in) * raw / rms(raw)``
 norm_scale     the scale of a normalisation layer               ``2 * sigmoid(raw)``
 bias           other 1-D tensors (biases, norm shifts)          ``tanh(raw)``
-plain          other ≥2-D tensors (positional tables, ...)      ``raw / sqrt(fan_in)``
+plain          other ≥2-D tensors (positional tables, ...)      ``g * sqrt(2 / fan_in) * raw / rms(raw)``
 =============  ==============================================  ======================
+
+Weights are thus predicted at He initialisation's scale for their op's fan-in (so that
+signals neither vanish nor explode through a deep predicted network, GHN-2's point),
+times a gain ``g = exp(gain(e))`` that the GHN predicts per tensor from its
+embedding ``e`` (starting at 1), and the decoder's output sets their direction.
 
 With ``residual=True`` (MIP's additive form) the prediction is the model's own
 initial value plus ``alpha * raw``, ``alpha`` learned per transform (starting at 0).
@@ -114,6 +119,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             self.gnn = GraphTransformer(hid, layers=layers, heads=heads, max_dist=max_dist)
         self.norm = nn.LayerNorm(hid)
         self.slot_embed = nn.Embedding(_MAX_SLOT, hid)
+        self.gain = nn.Linear(hid, 1)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.gain.bias)
         if decoder == "tiled":
             self.decoders = nn.ModuleDict(dict(
                 weight=TiledDecoder(hid, block, block, kernel),
@@ -173,8 +181,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         for (head, shape, transform, fan_in), specs in groups.items():
             nodes = torch.tensor([t.node for t in specs], device=dev)
             slots = torch.tensor([min(t.slot, _MAX_SLOT - 1) for t in specs], device=dev)
-            raw = self.decoders[head](h[nodes] + self.slot_embed(slots), shape)
-            vals = self._transform(raw, transform, fan_in, model, specs)
+            e = h[nodes] + self.slot_embed(slots)
+            raw = self.decoders[head](e, shape)
+            vals = self._transform(raw, transform, fan_in, model, specs, e)
             for t, v in zip(specs, vals.unbind(0)):
                 out[t.name] = v
         # keep the model's order
@@ -183,12 +192,15 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         return Prediction(out, unpredicted)
 
     def _transform(self, raw: torch.Tensor, transform: str, fan_in: int, model: nn.Module,
-                   specs: list) -> torch.Tensor:
+                   specs: list, e: torch.Tensor) -> torch.Tensor:
         if self.residual:
             base = torch.stack([model.get_parameter(t.name).detach().to(raw) for t in specs])
             return base + self.alpha[_TRANSFORMS.index(transform)] * raw
         if transform in ("fan_in", "plain"):
-            return raw / math.sqrt(max(fan_in, 1))
+            dims = tuple(range(1, raw.dim()))
+            rms = raw.pow(2).mean(dims, keepdim=True).add(1e-8).sqrt()
+            gain = self.gain(e).exp().view(-1, *([1] * (raw.dim() - 1)))
+            return raw / rms * (gain * math.sqrt(2.0 / max(fan_in, 1)))
         if transform == "norm_scale":
             return 2 * torch.sigmoid(raw)
         return torch.tanh(raw)
