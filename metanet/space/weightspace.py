@@ -2,8 +2,8 @@
 leave its function unchanged.
 
 Memory. :meth:`WeightSpace.of` caches weight spaces per architecture (the trace and the
-neuron groups: small), bounded by their estimated size (:data:`CACHE_BYTES`, the pickled
-size of each entry). Graph layouts (the structure tensors every graph of an architecture
+neuron groups: small), bounded by their estimated memory (:data:`CACHE_BYTES`; an entry
+is estimated at 8x its pickled size: a GPT-2 space pickles to 108 kB and takes 0.7 MB). Graph layouts (the structure tensors every graph of an architecture
 shares: the big part) are not cached with them: a weight space holds its layouts weakly,
 and only the :data:`RECENT_LAYOUTS` most recently used layouts are kept alive by the
 cache, so converting many architectures one after another keeps memory flat. A graph
@@ -108,16 +108,19 @@ class Scaling:
 
 
 # -- the architecture cache ------------------------------------------------------------------
-CACHE_BYTES = 256 * 2 ** 20   # bound on the cached weight spaces' estimated (pickled) size
+CACHE_BYTES = 256 * 2 ** 20   # bound on the cached weight spaces' estimated memory
+MEMORY_PER_PICKLED_BYTE = 8   # Python objects take ~6.4x their pickled size (measured: GPT-2)
 RECENT_LAYOUTS = 2            # graph layouts kept alive by the cache, most recently used
 
-_CACHE: "OrderedDict[str, tuple[WeightSpace, int]]" = OrderedDict()   # key -> (space, bytes)
+_CACHE: "OrderedDict[str, WeightSpace]" = OrderedDict()   # architecture key -> space
+_CACHE_SIZES: dict[str, int] = {}                        # architecture key -> estimated bytes
 _RECENT: "list[Any]" = []     # strong references to the most recently used layouts
 
 
 def clear_cache() -> None:
     """Forget every cached weight space and let go of every layout no graph space holds."""
     _CACHE.clear()
+    _CACHE_SIZES.clear()
     _RECENT.clear()
 
 
@@ -144,22 +147,22 @@ def cache_info() -> dict:
     size), ``layouts`` (graph layouts still alive for cached spaces or recently used) and
     ``layout_bytes`` (the tensors those layouts hold)."""
     layouts = {id(lay): lay for lay in _RECENT}
-    for ws, _ in _CACHE.values():
+    for ws in _CACHE.values():
         for lay in list(ws._layouts.values()):
             layouts[id(lay)] = lay
-    return {"spaces": len(_CACHE), "bytes": sum(b for _, b in _CACHE.values()),
+    return {"spaces": len(_CACHE), "bytes": sum(_CACHE_SIZES.values()),
             "layouts": len(layouts), "layout_bytes": sum(_tensor_bytes(x) for x in layouts.values())}
 
 
 def _remember(ws: "WeightSpace", key: str) -> None:
-    size = len(pickle.dumps(ws, protocol=pickle.HIGHEST_PROTOCOL))
+    size = MEMORY_PER_PICKLED_BYTE * len(pickle.dumps(ws, protocol=pickle.HIGHEST_PROTOCOL))
     if size > CACHE_BYTES:
         return  # larger than the whole cache: not kept
-    _CACHE[key] = (ws, size)
-    total = sum(b for _, b in _CACHE.values())
+    _CACHE[key], _CACHE_SIZES[key] = ws, size
+    total = sum(_CACHE_SIZES.values())
     while total > CACHE_BYTES:
-        _, (_, b) = _CACHE.popitem(last=False)
-        total -= b
+        old, _ = _CACHE.popitem(last=False)
+        total -= _CACHE_SIZES.pop(old)
 
 
 def _keep_recent(layout) -> None:
@@ -327,7 +330,7 @@ class WeightSpace:
         key = architecture_key(model, example_inputs, kwargs) if cache else None
         if key is not None and key in _CACHE:
             _CACHE.move_to_end(key)
-            return _CACHE[key][0]
+            return _CACHE[key]
         graph = trace(model, example_inputs, kwargs)
         ws = cls.from_op_graph(graph, model.state_dict(keep_vars=True))
         if key is not None:
