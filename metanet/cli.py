@@ -14,15 +14,16 @@ import sys
 SUBCOMMAND_MODULES = [
     "metanet.commands.convert",
     "zoo.cli",
+    "metanet.commands.train",
+    "metanet.commands.predict_init",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metanet",
-        description=("Learning in weight space: trace a PyTorch model into its weight space "
-                     "(neuron symmetries, parameter graph) and build, check and share zoos of "
-                     "trained checkpoints."),
+        description=("Learning in weight space: networks that read, write or predict the "
+                     "parameters of other networks. Each command below says what it does."),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:

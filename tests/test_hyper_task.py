@@ -1,0 +1,111 @@
+"""tasks.predict_init and the GHN commands: a tiny meta-training run writes safetensors
+checkpoints, resumes to the same GHN as an uninterrupted run, and `metanet
+predict-init` initialises a user's model from a file."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metanet.cli import main
+from metanet.hyper import GHN
+from tasks.predict_init import PredictInitConfig, run, sample_archs
+
+TINY = dict(steps=4, meta_batch=2, batch_size=16, n_archs=3, val_archs=2, eval_every=2,
+            ckpt_every=2, progress=False, ghn=dict(gnn="gated", decoder="tiled", hid=16, layers=1, block=8))
+
+
+def test_meta_training_writes_checkpoints_and_resumes_exactly(tmp_path):
+    full = run(PredictInitConfig(out=str(tmp_path / "full"), **TINY))
+    assert (tmp_path / "full/last/model.safetensors").exists()
+    assert (tmp_path / "full/last/optimizer.safetensors").exists()
+    assert (tmp_path / "full/best/config.json").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+    assert [h["step"] for h in full.history] == [1, 2, 3, 4]
+    assert 0.0 <= full.best_val_acc <= 1.0
+    best = json.loads((tmp_path / "full/best/state.json").read_text())
+    assert best["step"] == full.best_step
+
+    cut = run(PredictInitConfig(out=str(tmp_path / "cut"), stop_at=2, **TINY))
+    assert [h["step"] for h in cut.history] == [1, 2]
+    resumed = run(PredictInitConfig(out=str(tmp_path / "cut"), **TINY))
+    assert [h["step"] for h in resumed.history] == [1, 2, 3, 4]
+    a = load_file(tmp_path / "full/last/model.safetensors")
+    b = load_file(tmp_path / "cut/last/model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.history[-1]["loss"] == full.history[-1]["loss"]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    run(PredictInitConfig(out=str(tmp_path), stop_at=1, **TINY))
+    other = dict(TINY, ghn=dict(TINY["ghn"], hid=8))
+    with pytest.raises(ValueError, match="no-resume"):
+        run(PredictInitConfig(out=str(tmp_path), **other))
+
+
+def test_validation_architectures_are_not_training_ones():
+    train = sample_archs("mnist1d", range(3))
+    assert all(kw["ndim"] == 1 and kw["input_size"] == 40 for _, kw in train)
+    with pytest.raises(ValueError, match="digits"):
+        PredictInitConfig(dataset="cifar")
+
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, 10)
+
+    def example_input(self):
+        return torch.zeros(2, 1, 8, 8)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+class NoInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+'''
+
+
+def test_predict_init_command(tmp_path, capsys):
+    torch.manual_seed(0)
+    ghn = GHN(hid=16, layers=1, block=8)
+    ghn.save_pretrained(tmp_path / "ghn")
+    (tmp_path / "mymodel.py").write_text(MODEL_FILE)
+    out = tmp_path / "init.safetensors"
+    rc = main(["predict-init", "--ghn", str(tmp_path / "ghn"), "--model", f"{tmp_path}/mymodel.py:Net",
+               "--kwargs", '{"width": 12}', "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    sd = load_file(out)
+    assert sd["conv.weight"].shape == (12, 1, 3, 3)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mymodel_check", tmp_path / "mymodel.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    expected = GHN.from_pretrained(tmp_path / "ghn").eval().predict(mod.Net(width=12))
+    for k, v in expected.items():
+        torch.testing.assert_close(sd[k], v.detach(), rtol=0, atol=0)
+    assert "bn.running_var" in sd   # buffers are saved too (the model's own)
+
+    rc = main(["predict-init", "--ghn", str(tmp_path / "ghn"), "--model", f"{tmp_path}/mymodel.py:NoInput",
+               "--out", str(out)])
+    assert rc == 2 and "--input-shape" in capsys.readouterr().err
+    rc = main(["predict-init", "--ghn", str(tmp_path / "ghn"), "--model", f"{tmp_path}/mymodel.py:NoInput",
+               "--input-shape", "2,4", "--out", str(out)])
+    assert rc == 0 and load_file(out)["fc.weight"].shape == (2, 4)
+
+
+def test_train_dispatcher_lists_kinds(capsys):
+    assert main(["train"]) == 2
+    assert "ghn" in capsys.readouterr().out
