@@ -1,0 +1,133 @@
+"""GMN: message passing over parameter graphs with edge and node updates (Graph
+Metanetworks, Lim et al. ICLR 2024; neural graphs, Kofinas et al. ICLR 2024)."""
+from __future__ import annotations
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+
+from .inputs import GraphEncoder, GraphInput, mlp
+
+
+class GMNLayer(MessagePassing):
+    r"""One round of edge and node updates over a parameter graph.
+
+    .. math::
+        e'_{ij} &= e_{ij} + \phi_e([x_i, x_j, e_{ij}]) \\
+        x'_i &= x_i + \phi_x\big([x_i,\ \mathrm{aggr}_{j \to i}\ \phi_{in}([x_j, e'_{ji}]),
+                \ \mathrm{aggr}_{i \to k}\ \phi_{out}([x_k, e'_{ik}])]\big)
+
+    Messages flow both ways along every weight (a neuron hears the layer that feeds it and
+    the layer it feeds), each direction with its own function. Every term is a function of
+    an edge and its endpoints, so the layer is permutation equivariant.
+
+    Args:
+        hidden: node and edge feature size.
+        aggr: aggregation by name ("mean", "sum", "max").
+
+    Shapes:
+        x [N, hidden] or [B, N, hidden]; edge_index [2, E]; edge_attr [E, hidden] or
+        [B, E, hidden] -> (x, edge_attr) of the same shapes.
+    """
+
+    def __init__(self, hidden: int, aggr: str = "mean"):
+        super().__init__(aggr=aggr, node_dim=-2)
+        self.hidden = hidden
+        self.phi_e = mlp([3 * hidden, hidden, hidden])
+        self.phi_in = mlp([2 * hidden, hidden, hidden])
+        self.phi_out = mlp([2 * hidden, hidden, hidden])
+        self.phi_x = mlp([3 * hidden, hidden, hidden])
+        self.norm_x = nn.LayerNorm(hidden)
+        self.norm_e = nn.LayerNorm(hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.LayerNorm)):
+                m.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[-1] != self.hidden or edge_attr.shape[-1] != self.hidden:
+            raise ValueError(f"{self}: expected features of size {self.hidden}, got nodes "
+                             f"{tuple(x.shape)} and edges {tuple(edge_attr.shape)}")
+        e = edge_attr + self.edge_updater(edge_index, x=self.norm_x(x), edge_attr=self.norm_e(edge_attr))
+        xn, en = self.norm_x(x), self.norm_e(e)
+        m_in = self.propagate(edge_index, x=xn, edge_attr=en, phi=self.phi_in)
+        m_out = self.propagate(edge_index.flip(0), x=xn, edge_attr=en, phi=self.phi_out)
+        return x + self.phi_x(torch.cat([xn, m_in, m_out], -1)), e
+
+    def edge_update(self, x_i: Tensor, x_j: Tensor, edge_attr: Tensor) -> Tensor:
+        return self.phi_e(torch.cat([x_i, x_j, edge_attr], -1))
+
+    def message(self, x_j: Tensor, edge_attr: Tensor, phi: nn.Module) -> Tensor:
+        return phi(torch.cat([x_j, edge_attr], -1))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.hidden}, aggr={self.aggr!r})"
+
+
+class GMN(nn.Module, PyTorchModelHubMixin):
+    """Graph metanetwork: an encoder, ``layers`` rounds of :class:`GMNLayer`, and heads.
+
+    - ``model(graphs)`` -> [B, out_dim]: invariant (one vector per network: accuracy,
+      the class of an INR);
+    - ``model.edit(graphs)`` -> the same kind of batch whose edge features are the edge
+      head's output (``edge_out`` wide; with the layout's width, ``ws.state_dicts``
+      turns it into a network of the same architecture);
+    - ``model.node_scores(graphs)`` -> [N, node_out] or [B, N, node_out] (pruning
+      scores, one per neuron).
+
+    ``graphs`` is a PyG Batch or ParamGraph of any architectures, or a
+    :class:`~metanet.graph.SharedBatch`; both give the same outputs.
+
+    Args:
+        in_width: widest edge feature vector read (1 for the param layout).
+        hidden: feature size; layers: rounds of message passing; out_dim: invariant
+        output size; edge_out (default in_width) / node_out: equivariant head sizes;
+        aggr: aggregation.
+    """
+
+    def __init__(self, in_width: int = 1, hidden: int = 64, layers: int = 3, out_dim: int = 1,
+                 edge_out: int | None = None, node_out: int = 1, aggr: str = "mean"):
+        super().__init__()
+        self.encoder = GraphEncoder(in_width, hidden)
+        self.layers = nn.ModuleList(GMNLayer(hidden, aggr) for _ in range(layers))
+        self.readout = mlp([4 * hidden, hidden, out_dim])
+        self.edge_head = mlp([hidden, hidden, in_width if edge_out is None else edge_out])
+        self.node_head = mlp([hidden, hidden, node_out])
+
+    @property
+    def norm(self):
+        """Per-role input standardisation (``model.norm.fit(train_batches)``)."""
+        return self.encoder.norm
+
+    def fit_normalization(self, batches):
+        """Per-role standardisation of the weights from ``batches`` (a training split)."""
+        self.encoder.norm.fit(batches)
+        return self
+
+    def encode(self, graphs) -> tuple[GraphInput, Tensor, Tensor]:
+        g = GraphInput.of(graphs)
+        x, e = self.encoder(g)
+        for layer in self.layers:
+            x, e = layer(x, g.edge_index, e)
+        return g, x, e
+
+    def forward(self, graphs) -> Tensor:
+        g, x, e = self.encode(graphs)
+        return self.readout(torch.cat([g.pool_nodes(x), g.pool_edges(e)], -1))
+
+    def node_scores(self, graphs) -> Tensor:
+        _, x, _ = self.encode(graphs)
+        return self.node_head(x)
+
+    def edit(self, graphs):
+        _, _, e = self.encode(graphs)
+        out = self.edge_head(e).to(graphs.edge_attr.dtype)
+        if hasattr(graphs, "with_edge_attr"):
+            return graphs.with_edge_attr(out)
+        new = graphs.__copy__()
+        new.edge_attr = out
+        return new

@@ -1,0 +1,108 @@
+"""StatNN (Unterthiner et al. 2020): statistics of the weights into an MLP, the baseline
+every metanetwork is compared with.
+
+Statistics are taken per group of weights: by default per (tensor role, depth bin), which
+is defined for every architecture alike (for one architecture with ``bins`` large
+enough, that is one group per tensor, as in the original); ``by="tensor"`` groups by
+tensor index (one architecture only). Each group gives mean, variance, the 0/25/50/75/100%
+quantiles and log(1 + count); empty groups give zeros.
+"""
+from __future__ import annotations
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from ..graph.features import ROLE_INDEX, ROLES
+from .inputs import GraphInput, mlp
+
+_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+_STATS = 3 + len(_QUANTILES)
+_STRUCT = min(ROLE_INDEX["struct.concat"], ROLE_INDEX["struct.product"])
+
+
+def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
+    """Mean, variance, quantiles and log(1 + count) of ``values`` per segment id in
+    [0, n): [n, 8]."""
+    values = values.double()
+    count = torch.bincount(seg, minlength=n).double()
+    s = torch.zeros(n, dtype=torch.float64).index_add_(0, seg, values)
+    s2 = torch.zeros(n, dtype=torch.float64).index_add_(0, seg, values ** 2)
+    c = count.clamp(min=1)
+    mean = s / c
+    var = (s2 / c - mean ** 2).clamp(min=0)
+    # sort by (segment, value): values sorted, then a stable sort by segment
+    order = torch.argsort(values)
+    order = order[torch.argsort(seg[order], stable=True)]
+    sorted_vals = values[order]
+    start = torch.cumsum(count, 0) - count
+    qs = []
+    for q in _QUANTILES:
+        idx = (start + torch.round(q * (count - 1).clamp(min=0))).long().clamp(max=max(len(values) - 1, 0))
+        qs.append(sorted_vals[idx] if len(values) else torch.zeros(n, dtype=torch.float64))
+    out = torch.stack([mean, var, *qs, torch.log1p(count)], -1)
+    return torch.where((count > 0).unsqueeze(-1), out, torch.zeros_like(out)).float()
+
+
+class StatNN(nn.Module, PyTorchModelHubMixin):
+    """Weight statistics per (role, depth bin) or per tensor, standardised, into an MLP.
+
+    Args:
+        by: "role_depth" (any architecture) or "tensor" (one architecture: ``num_tensors``
+        tensors); bins: depth bins; hidden, out_dim: MLP sizes.
+    """
+
+    def __init__(self, by: str = "role_depth", bins: int = 8, num_tensors: int = 0, hidden: int = 64,
+                 out_dim: int = 1):
+        super().__init__()
+        if by not in ("role_depth", "tensor"):
+            raise ValueError(f"by must be 'role_depth' or 'tensor', got {by!r}")
+        if by == "tensor" and num_tensors < 1:
+            raise ValueError("by='tensor' needs num_tensors (len(ws.weights))")
+        self.by, self.bins, self.num_tensors = by, bins, num_tensors
+        self.groups = len(ROLES) * bins if by == "role_depth" else num_tensors
+        dim = self.groups * _STATS
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
+        self.net = mlp([dim, hidden, hidden, out_dim], act=nn.ReLU)
+
+    def features(self, graphs) -> Tensor:
+        """The statistics of every graph: [B, groups * 8]."""
+        g = GraphInput.of(graphs)
+        if self.by == "tensor":
+            gid = graphs.edge_type.long()
+            if int(gid[g.edge_role < _STRUCT].max()) >= self.num_tensors:
+                raise ValueError(f"a graph has more than num_tensors={self.num_tensors} tensors")
+        else:
+            depth_bin = (g.edge_geo[..., 0] * self.bins).long().clamp(0, self.bins - 1)
+            gid = g.edge_role * self.bins + depth_bin
+        keep = g.edge_role < _STRUCT        # weights only, not structural edges
+        ea = g.edge_attr
+        W = ea.shape[-1]
+        if g.shared:
+            B = ea.shape[0]
+            vals = ea[:, keep].reshape(-1)
+            gk = gid[keep]
+            seg = (torch.arange(B, device=ea.device).view(B, 1) * self.groups + gk.view(1, -1))
+            seg = seg.unsqueeze(-1).expand(B, len(gk), W).reshape(-1)
+        else:
+            B = g.num_graphs
+            eb = g.batch[g.edge_index[0]]
+            vals = ea[keep].reshape(-1)
+            seg = (eb[keep] * self.groups + gid[keep]).unsqueeze(-1).expand(-1, W).reshape(-1)
+            valid = g.valid()
+            if valid is not None:   # leave out the padding of a mixed batch
+                mask = valid[keep].reshape(-1)
+                vals, seg = vals[mask], seg[mask]
+        stats = segment_stats(vals, seg, B * self.groups)
+        return stats.reshape(B, -1).to(self.feat_mean.dtype)
+
+    @torch.no_grad()
+    def fit_normalization(self, batches) -> "StatNN":
+        feats = torch.cat([self.features(b) for b in batches])
+        self.feat_mean.copy_(feats.mean(0))
+        self.feat_std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=1e-6))
+        return self
+
+    def forward(self, graphs) -> Tensor:
+        return self.net((self.features(graphs) - self.feat_mean) / self.feat_std)
