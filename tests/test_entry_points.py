@@ -473,3 +473,18 @@ def test_pyproject_packages_exist_and_license_is_spdx():
     for pattern in meta["tool"]["setuptools"]["packages"]["find"]["include"]:
         pkg = ROOT / pattern.rstrip("*")
         assert (pkg / "__init__.py").exists(), f"pyproject includes {pattern}, which is not a package"
+
+
+def test_graph_inverses_take_graphs(relu):
+    m, ws = relu
+    sd = m.state_dict()
+    two = ws.graphs(stack([sd, sd]))
+    with pytest.raises(TypeError, match=r"state_dict\(\) takes a parameter graph made by ws\.graph\(\), got a state dict"):
+        ws.state_dict(sd)
+    with pytest.raises(TypeError, match=r"state_dicts\(\) takes a parameter graph made by ws\.graphs\(\), got the module"):
+        ws.state_dicts(m)
+    with pytest.raises(TypeError, match=r"got a batch of 2: use state_dicts\(\)"):
+        ws.state_dict(two)
+    with pytest.raises(TypeError, match=r"node_index\(\) takes a Permutation, got a Scaling"):
+        ws.node_index(ws.sample_scaling())
+    assert_equal_dicts(ws.state_dicts(two), stack([sd, sd]))

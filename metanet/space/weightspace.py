@@ -209,6 +209,16 @@ def _require_state_dict(obj: Any, method: str, batched: bool) -> None:
     raise TypeError(f"{method}() takes {what}, got {type(obj).__name__}{hint}")
 
 
+def _require_graph(obj: Any, method: str, maker: str) -> None:
+    """A clear TypeError for things that are not a parameter graph."""
+    if isinstance(obj, Mapping):
+        raise TypeError(f"{method}() takes a parameter graph made by ws.{maker}(), got a state dict "
+                        f"({type(obj).__name__}): it needs no conversion")
+    if not all(hasattr(obj, a) for a in ("edge_attr", "extras", "layout", "width")):
+        what = f"the module {type(obj).__name__}" if isinstance(obj, nn.Module) else type(obj).__name__
+        raise TypeError(f"{method}() takes a parameter graph made by ws.{maker}(), got {what}")
+
+
 def _index_map(s: tuple, sizes, perms: Mapping[int, torch.Tensor]) -> torch.Tensor | None:
     """Index vector along an axis of structure ``s`` (new[j] = old[idx[j]]) for per-atom
     permutations of shape [n] or [B, n]; [axis] or [B, axis]. None where nothing moves."""
@@ -478,19 +488,19 @@ class WeightSpace:
                              f"[{g.size}]" + (f" or [{batch}, {g.size}]" if batch is not None else ""))
         return t.cpu()
 
-    def _permutation(self, perm: Any, batch: int | None) -> list[torch.Tensor]:
+    def _permutation(self, perm: Any, batch: int | None, method: str = "permute") -> list[torch.Tensor]:
         if isinstance(perm, (list, tuple)) and perm and all(isinstance(p, Permutation) for p in perm):
             if batch is None:
-                raise TypeError(f"permute() got a list of {len(perm)} Permutations (one per network): "
+                raise TypeError(f"{method}() got a list of {len(perm)} Permutations (one per network): "
                                 f"that needs a stacked state dict and batched=True")
             if len(perm) != batch:
-                raise ValueError(f"permute() got {len(perm)} Permutations for a stack of {batch} networks")
+                raise ValueError(f"{method}() got {len(perm)} Permutations for a stack of {batch} networks")
             perm = Permutation.stack(perm)
         if isinstance(perm, Scaling):
-            raise TypeError(f"permute() takes a Permutation, got a Scaling ({perm.kind}): apply it "
+            raise TypeError(f"{method}() takes a Permutation, got a Scaling ({perm.kind}): apply it "
                             f"with ws.scale(state_dict, scaling)")
         if not isinstance(perm, Permutation):
-            raise TypeError(f"permute() takes a Permutation (e.g. ws.sample_permutation()), got {type(perm).__name__}")
+            raise TypeError(f"{method}() takes a Permutation (e.g. ws.sample_permutation()), got {type(perm).__name__}")
         if len(perm) != len(self.groups):
             raise ValueError(f"permutation has {len(perm)} groups, this space has {len(self.groups)}: "
                              f"was it made for another weight space?")
@@ -678,15 +688,21 @@ class WeightSpace:
 
     def state_dict(self, graph) -> dict[str, torch.Tensor]:
         """Exact inverse of :meth:`graph`."""
+        _require_graph(graph, "state_dict", "graph")
+        n = getattr(graph, "num_graphs", 1)
+        if n != 1:
+            raise TypeError(f"state_dict() takes one graph, got a batch of {n}: use state_dicts()")
         return self.layout(graph.layout, int(graph.width)).state_dict(graph)
 
     def state_dicts(self, batch) -> dict[str, torch.Tensor]:
         """Exact inverse of :meth:`graphs`: stacked tensors with a leading batch axis."""
+        _require_graph(batch, "state_dicts", "graphs")
         return self.layout(batch.layout if isinstance(batch.layout, str) else batch.layout[0],
                            int(batch.width.reshape(-1)[0])).state_dicts(batch)
 
     def node_index(self, perm: Permutation, layout: str = "compact", width: int | None = None) -> torch.Tensor:
         """For the graph of ``permute(sd, perm)``: the node of ``graph(sd)`` each node came from."""
+        perm = Permutation(tuple(self._permutation(perm, None, "node_index")))
         return self.layout(layout, width).node_index(perm)
 
     # -- behavioural check -------------------------------------------------------------------
