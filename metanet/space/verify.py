@@ -11,9 +11,9 @@ Invariants:
 
 * The model is never modified: transformed weights reach it through
   ``torch.func.functional_call``; training flags are restored afterwards.
-* Relative error of one check = max over output tensors of ``max|a - b| / max|a|``
-  (``max|a|`` replaced by 1 where the output is all zeros; positions that are NaN in
-  both outputs count as equal). A check passes when it is ``<= rtol``.
+* Relative error of one check = ``max|a - b| / max|a|``, each maximum taken over every
+  output tensor together (``max|a|`` = 0 counts as 1; positions that are NaN in both
+  outputs count as equal). A check passes when it is ``<= rtol``.
 * With ``generator=None`` a fixed seed is used: the same call gives the same result.
 * On a failure, groups are re-tested one at a time (that group transformed, identity
   elsewhere) and :class:`SymmetryError` names the group(s) that fail alone.
@@ -214,11 +214,13 @@ def _as_call(entry: Any) -> tuple[tuple, dict | None]:
 
 # -- comparing outputs ---------------------------------------------------------------------------
 def relative_error(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:
-    """max over outputs of max|a - b| / max|a| (max|a| = 0 counts as 1; NaN in both
-    outputs at one position counts as equal; a missing or reshaped output is inf)."""
+    """max|a - b| / max|a|, both maxima over every output tensor together (so an output
+    that is zero up to rounding, e.g. a mean of centred values, is judged against the
+    model's scale, not its own). max|a| = 0 counts as 1; NaN in both outputs at one
+    position counts as equal; a missing or reshaped output is inf."""
     if len(ref) != len(out):
         return math.inf
-    worst = 0.0
+    diff = scale = 0.0
     for a, b in zip(ref, out):
         if a.shape != b.shape:
             return math.inf
@@ -226,13 +228,12 @@ def relative_error(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:
             continue
         a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
         both_nan = torch.isnan(a) & torch.isnan(b)
-        diff = torch.where(both_nan, torch.zeros_like(a), (a - b).abs())
-        if torch.isnan(diff).any():
+        d = torch.where(both_nan, torch.zeros_like(a), (a - b).abs())
+        if torch.isnan(d).any():
             return math.inf
-        diff = torch.nan_to_num(diff, nan=0.0, posinf=math.inf)
-        scale = torch.nan_to_num(a.abs(), nan=0.0).max().item()
-        worst = max(worst, diff.max().item() / (scale if scale > 0 else 1.0))
-    return worst
+        diff = max(diff, d.max().item())
+        scale = max(scale, torch.nan_to_num(a.abs(), nan=0.0).max().item())
+    return diff / (scale if scale > 0 else 1.0)
 
 
 class _Runner:
