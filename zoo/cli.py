@@ -324,12 +324,16 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo")
+    parser = argparse.ArgumentParser(prog="python -m")   # the zoo parser's usage: "python -m zoo ..."
     subparsers = parser.add_subparsers(dest="command")
     register(subparsers)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(["zoo", *argv])
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:   # Ctrl-C: a line, not a traceback
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover
