@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = [
     "zoo.cli",
     "metanet.commands.train",
     "metanet.commands.predict_init",
+    "metanet.commands.metanets",
 ]
 
 

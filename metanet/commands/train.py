@@ -14,7 +14,7 @@ import importlib
 # module path -> registers one or more `metanet train KIND` parsers
 TRAIN_KINDS = [
     "metanet.commands.predict_init",   # ghn
-    # "metanet.commands.<module>",     # accuracy, inr: metanetworks add theirs here
+    "metanet.commands.metanets",       # accuracy, inr
 ]
 
 

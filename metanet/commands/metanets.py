@@ -1,0 +1,131 @@
+"""``metanet train accuracy|inr`` (train a metanetwork on a zoo) and ``metanet predict``
+(a trained metanetwork's predictions for the checkpoints of a zoo or one checkpoint
+file)."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+
+def _add_common(p: argparse.ArgumentParser, config_cls) -> None:
+    defaults = {f.name: f.default for f in fields(config_cls)}
+    p.add_argument("--zoo", required=True, help="zoo folder or hf://user/repo")
+    p.add_argument("--model", default=defaults["model"], choices=["gmn", "ngt", "nfn", "statnn"])
+    p.add_argument("--out", default=defaults["out"], help="output folder (best/, metrics.jsonl, plots)")
+    p.add_argument("--epochs", type=int, default=defaults["epochs"])
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    p.add_argument("--lr", type=float, default=defaults["lr"])
+    p.add_argument("--hidden", type=int, default=defaults["hidden"])
+    p.add_argument("--layers", type=int, default=defaults["layers"])
+    p.add_argument("--layout", default=defaults["layout"], choices=["compact", "param"])
+    p.add_argument("--steps", default=defaults["steps"], choices=["all", "last"],
+                   help="checkpoints used: every saved step of each network, or the last")
+    p.add_argument("--seed", type=int, default=defaults["seed"])
+    p.add_argument("--split-seed", type=int, default=defaults["split_seed"])
+    p.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config(config_cls, args, **extra):
+    return config_cls(zoo=args.zoo, model=args.model, out=args.out, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, hidden=args.hidden, layers=args.layers,
+                      layout=args.layout, steps=args.steps, seed=args.seed, split_seed=args.split_seed,
+                      max_train=args.max_train, progress=not args.quiet, **extra)
+
+
+def _report(result) -> int:
+    print(json.dumps({"best_epoch": result.best_epoch, "best_dir": result.best_dir, "test": result.test,
+                      "seconds": round(result.seconds, 1)}, indent=1))
+    return 0
+
+
+def register_train(kinds) -> None:
+    from tasks.classify_inr import INRConfig
+    from tasks.predict_accuracy import AccuracyConfig
+
+    p = kinds.add_parser("accuracy", help="predict networks' accuracy from their weights (Kendall τ, R²)",
+                         description="Train a metanetwork to predict a metric of each zoo checkpoint.")
+    _add_common(p, AccuracyConfig)
+    p.add_argument("--target", default="test_acc", help="the metric predicted")
+
+    def run_accuracy(args) -> int:
+        from tasks.predict_accuracy import run
+
+        return _report(run(_config(AccuracyConfig, args, target=args.target)))
+
+    p.set_defaults(func=run_accuracy)
+
+    q = kinds.add_parser("inr", help="classify INRs (one SIREN per image) by their weights",
+                         description="Train a metanetwork to classify the INRs of a zoo.")
+    _add_common(q, INRConfig)
+    q.add_argument("--num-classes", type=int, default=10)
+
+    def run_inr(args) -> int:
+        from tasks.classify_inr import run
+
+        return _report(run(_config(INRConfig, args, num_classes=args.num_classes)))
+
+    q.set_defaults(func=run_inr)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="a trained metanetwork's predictions for a zoo or a checkpoint",
+                              description="Print a trained metanetwork's output for every checkpoint of a "
+                                          "zoo, or for one checkpoint file (with --arch).")
+    p.add_argument("--model", required=True, help="folder saved by `metanet train` (its best/)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--zoo", help="zoo folder or hf://user/repo")
+    src.add_argument("--checkpoint", help="a .safetensors or .pt state dict (read without pickle)")
+    p.add_argument("--arch", help="with --checkpoint: zoo architecture name, e.g. small_cnn")
+    p.add_argument("--arch-kwargs", default="{}", help="with --checkpoint: JSON kwargs of the architecture")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=None, help="first N checkpoints of the zoo only")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args) -> int:
+    import torch
+
+    from tasks.predict_accuracy import load_model, zoo_batches
+
+    model, meta = load_model(args.model)
+    model.eval()
+    layout = meta["config"].get("layout", "compact")
+    classify = "num_classes" in meta["config"]
+    if args.zoo:
+        from zoo import Zoo
+
+        z = Zoo.open(args.zoo)
+        if args.limit is not None:
+            z = z.subset(range(min(args.limit, len(z))))
+        i = 0
+        with torch.no_grad():
+            for graphs, _ in zoo_batches(z, args.batch_size, layout):
+                out = model(graphs)
+                for row in out:
+                    rec = z.record(i)
+                    value = int(row.argmax()) if classify else float(row.squeeze())
+                    print(json.dumps({"id": rec["id"], "step": rec.get("step"), "prediction": value}))
+                    i += 1
+        return 0
+    if not args.arch:
+        raise SystemExit("metanet predict --checkpoint needs --arch (and --arch-kwargs) to trace the network")
+    from metanet.graph import SharedBatch
+    from zoo.models import create
+
+    from ..space.weightspace import WeightSpace
+
+    net = create(args.arch, **json.loads(args.arch_kwargs))
+    if args.checkpoint.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(args.checkpoint)
+    else:
+        sd = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    ws = WeightSpace.of(net, net.example_input())
+    with torch.no_grad():
+        out = model(SharedBatch.of(ws, {k: v.unsqueeze(0) for k, v in sd.items()}, layout))[0]
+    print(json.dumps({"checkpoint": args.checkpoint,
+                      "prediction": int(out.argmax()) if classify else float(out.squeeze())}))
+    return 0

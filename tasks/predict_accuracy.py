@@ -1,0 +1,325 @@
+"""Predict a network's test accuracy from its weights: zoo -> metanetwork -> Kendall τ
+and R² on a held-out split.
+
+>>> from tasks.predict_accuracy import AccuracyConfig, run
+>>> result = run(AccuracyConfig(zoo="zoos/digits_cnn", model="gmn", epochs=10))
+>>> result.test["tau"], result.best_dir          # best: GMN.from_pretrained(best_dir)
+
+or ``metanet train accuracy --zoo zoos/digits_cnn --model gmn``.
+
+The loop, top to bottom: config; data (the zoo split by network into train / val /
+test, fixed by ``split_seed``; checkpoints streamed in batches: a
+:class:`~metanet.graph.SharedBatch` per batch where the zoo holds one architecture, a
+padded PyG Batch of mixed architectures otherwise); the model (GMN, NGT, NFN-HNP or
+StatNN; its input normalisation fitted once on training batches and saved with it);
+AdamW with a cosine schedule; each epoch one pass over the training split, then an
+evaluation on the validation split; the best model by validation τ saved as
+safetensors + config (``PyTorchModelHubMixin``), never the latest as "best"; metrics as
+JSON lines and plots as PNG. The test split is scored once, with the best model.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+__all__ = ["AccuracyConfig", "Result", "run", "kendall_tau", "r2_score", "zoo_batches", "build_model",
+           "load_model", "predict"]
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    zoo: str                          # zoo folder or hf://user/repo
+    model: str = "gmn"                # gmn | ngt | nfn | statnn
+    out: str = "out/accuracy"
+    target: str = "test_acc"          # metric predicted
+    steps: str = "all"                # "all" checkpoints of every network, or "last"
+    layout: str = "compact"           # parameter-graph layout the model reads
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    hidden: int = 32
+    layers: int = 3
+    seed: int = 0
+    max_train: int | None = None      # cap on training checkpoints (smoke runs)
+    progress: bool = True
+
+
+@dataclass
+class Result:
+    best_epoch: int
+    best_dir: str
+    val: dict
+    test: dict
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+    train_networks_per_s: float = 0.0
+
+
+# ----------------------------------------------------------------------------- metrics
+def kendall_tau(pred, true) -> float:
+    """Kendall's τ-b between two sequences (ties counted as in scipy's default)."""
+    x, y = torch.as_tensor(pred, dtype=torch.float64).ravel(), torch.as_tensor(true, dtype=torch.float64).ravel()
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    dx = torch.sign(x.view(-1, 1) - x.view(1, -1))
+    dy = torch.sign(y.view(-1, 1) - y.view(1, -1))
+    conc = (dx * dy).sum() / 2
+    nx, ny = (dx != 0).sum() / 2, (dy != 0).sum() / 2
+    if nx == 0 or ny == 0:
+        return float("nan")
+    return float(conc / torch.sqrt(nx * ny))
+
+
+def r2_score(pred, true) -> float:
+    p, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(true, dtype=torch.float64)
+    ss = ((t - t.mean()) ** 2).sum()
+    return float(1 - ((p - t) ** 2).sum() / ss) if ss > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------- data
+_STRUCTURE_OF: dict[str, tuple] = {}
+
+
+def _structure_key(zoo, rec) -> tuple:
+    """Architectures whose parameter graphs have one structure (e.g. one network with
+    different activations) share batches."""
+    from zoo.models import arch_key
+
+    key = arch_key(rec["arch"], zoo._graph_kwargs(rec))
+    if key not in _STRUCTURE_OF:
+        from zoo.models import create
+
+        from metanet import WeightSpace
+
+        m = create(rec["arch"], **zoo._graph_kwargs(rec))
+        ws = WeightSpace.of(m, m.example_input())
+        sp = ws.spaces
+        _STRUCTURE_OF[key] = (tuple(ws.weights), tuple((k, tuple(sp.axes[k])) for k in ws.weights),
+                              tuple(sp.sizes), tuple(sp.free), tuple(sp.neuron))
+    return _STRUCTURE_OF[key]
+
+
+def _by_arch(zoo, positions) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for p in positions:
+        groups[_structure_key(zoo, zoo.record(p))].append(p)
+    return groups
+
+
+def zoo_batches(zoo, batch_size: int, layout: str = "compact", *, target: str | None = None,
+                shuffle: bool = False, seed: int = 0, target_fn: Callable | None = None
+                ) -> Iterator[tuple[object, torch.Tensor | None]]:
+    """Stream ``(graphs, targets)`` batches from a zoo view: a SharedBatch where a batch
+    holds one architecture, else a padded PyG Batch (metanet.graph.collate). Targets come
+    from field ``target`` (or ``target_fn(zoo_view)``)."""
+    from metanet.graph import SharedBatch, collate
+
+    order = np.random.default_rng(seed).permutation(len(zoo)) if shuffle else np.arange(len(zoo))
+    for a in range(0, len(order), batch_size):
+        pos = order[a:a + batch_size].tolist()
+        groups = _by_arch(zoo, pos)
+        if len(groups) == 1:
+            graphs = SharedBatch.of(zoo.weight_space(pos[0]), zoo.stacked(pos), layout)
+        else:   # mixed: convert each architecture at once, then one padded batch in order
+            where = {}
+            for group in groups.values():
+                b = zoo.weight_space(group[0]).graphs(zoo.stacked(group), layout)
+                for p, d in zip(group, b.to_data_list()):
+                    where[p] = d
+            graphs = collate([where[p] for p in pos])
+        view = zoo.subset(pos)
+        y = target_fn(view) if target_fn is not None else (view.targets(target) if target else None)
+        yield graphs, y
+
+
+# ----------------------------------------------------------------------------- model
+def build_model(kind: str, zoo, *, layout: str, hidden: int, layers: int, out_dim: int):
+    """A fresh metanetwork of ``kind`` sized for the architectures of ``zoo``."""
+    from metanet.nn import GMN, NFN, NGT, StatNN
+
+    groups = _by_arch(zoo, range(len(zoo)))
+    spaces = [zoo.weight_space(g[0]) for g in groups.values()]
+    width = max(ws.layout(layout).width for ws in spaces)
+    if kind == "gmn":
+        return GMN(in_width=width, hidden=hidden, layers=layers, out_dim=out_dim)
+    if kind == "ngt":
+        return NGT(in_width=width, hidden=hidden, layers=layers, heads=4 if hidden % 4 == 0 else 1,
+                   out_dim=out_dim)
+    if kind == "nfn":
+        if len(spaces) > 1:
+            raise ValueError(f"NFN reads one MLP/CNN weight space; this zoo holds {len(spaces)} "
+                             f"architectures: filter it (zoo.where(arch=...)) or use gmn/ngt/statnn")
+        return NFN.for_space(spaces[0], layout, "hnp", hidden=hidden, layers=layers, out_dim=out_dim)
+    if kind == "statnn":
+        return StatNN(hidden=max(hidden, 32), out_dim=out_dim)
+    raise ValueError(f"unknown model {kind!r}: gmn, ngt, nfn or statnn")
+
+
+def load_model(path: str | Path):
+    """A metanetwork saved by a task (``best/``), whatever its kind."""
+    from metanet.nn import MODELS
+
+    meta = json.loads((Path(path) / "task.json").read_text())
+    # huggingface_hub prints a line when it loads from a folder: keep stdout for results
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = MODELS[meta["model"]].from_pretrained(str(path))
+    return model, meta
+
+
+@torch.no_grad()
+def predict(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    preds, ys = [], []
+    for graphs, y in batches:
+        preds.append(model(graphs).squeeze(-1))
+        if y is not None:
+            ys.append(y)
+    return torch.cat(preds), (torch.cat(ys) if ys else torch.empty(0))
+
+
+# ----------------------------------------------------------------------------- the loop
+def _regression_scores(pred, y) -> dict:
+    return {"tau": kendall_tau(pred, y), "r2": r2_score(pred, y), "mse": float(((pred - y) ** 2).mean())}
+
+
+def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callable | None = None,
+        split_by: str = "job", plot_fn: Callable | None = None) -> Result:
+    """The training loop shared by the metanetwork tasks (see the module docstring)."""
+    from tqdm.auto import tqdm
+    from zoo import Zoo
+
+    t0 = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    # data: a fixed split by network; checkpoints stream from the zoo in batches
+    zoo = Zoo.open(config.zoo)
+    if config.steps == "last":
+        zoo = zoo.where(step="last")
+    train, val, test = zoo.split(list(config.split), seed=config.split_seed, by=split_by)
+    if config.max_train is not None and len(train) > config.max_train:
+        train = train.subset(np.random.default_rng(config.seed).permutation(len(train))[:config.max_train].tolist())
+    tgt = None if target_fn is not None else config.target
+
+    def batches(view, shuffle=False, epoch=0):
+        return zoo_batches(view, config.batch_size, config.layout, target=tgt, target_fn=target_fn,
+                           shuffle=shuffle, seed=config.seed * 1000 + epoch)
+
+    # model, with its input statistics from (a few) training batches
+    model = build_model(config.model, train, layout=config.layout, hidden=config.hidden,
+                        layers=config.layers, out_dim=out_dim)
+    model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * steps_per_epoch))
+    # loop: train one epoch, evaluate on validation, keep the best
+    best, best_epoch, history, seen, train_s = -math.inf, -1, [], 0, 0.0
+    log = (out / "metrics.jsonl").open("w")
+    for epoch in range(config.epochs):
+        model.train()
+        total, count = 0.0, 0
+        t_ep = time.perf_counter()
+        bar = tqdm(batches(train, shuffle=True, epoch=epoch), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+        for graphs, y in bar:
+            loss = loss_fn(model(graphs), y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+            bar.set_postfix(loss=f"{total / count:.4g}")
+        train_s += time.perf_counter() - t_ep
+        seen += count
+        pred, y = predict(model, batches(val))
+        scores = scores_fn(pred, y)
+        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()},
+               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        # checkpoint: the best by the validation score, explicitly tracked
+        if not math.isnan(scores[key]) and scores[key] > best:
+            best, best_epoch = scores[key], epoch + 1
+            model.save_pretrained(str(out / "best"))
+            (out / "best" / "task.json").write_text(json.dumps(
+                {"model": config.model, "epoch": best_epoch, "config": asdict(config), "val": scores}, indent=1))
+        if config.progress:
+            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4g}, val {key} {scores[key]:.4f}")
+    log.close()
+    # test once, with the best model
+    best_model, _ = load_model(out / "best")
+    pred, y = predict(best_model, batches(test))
+    test_scores = scores_fn(pred, y)
+    val_scores = history[best_epoch - 1] if best_epoch > 0 else {}
+    (out / "result.json").write_text(json.dumps({"best_epoch": best_epoch, "test": test_scores,
+                                                 "val": val_scores, "config": asdict(config)}, indent=1))
+    _plot_curves(history, key, out / "learning_curves.png")
+    if plot_fn is not None:
+        plot_fn(pred, y, out)
+    return Result(best_epoch, str(out / "best"), val_scores, test_scores, history,
+                  time.perf_counter() - t0, seen / train_s if train_s else 0.0)
+
+
+def _take(it, n):
+    for i, v in enumerate(it):
+        if i >= n:
+            return
+        yield v
+
+
+def _plot_curves(history, key, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    ax[0].plot(ep, [h["train_loss"] for h in history])
+    ax[0].set(xlabel="epoch", ylabel="train loss", yscale="log")
+    ax[1].plot(ep, [h[f"val_{key}"] for h in history])
+    ax[1].set(xlabel="epoch", ylabel=f"validation {key}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_scatter(pred, y, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(y.numpy(), pred.numpy(), s=4, alpha=0.5)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="true accuracy", ylabel="predicted accuracy",
+           title=f"test: τ={kendall_tau(pred, y):.3f}, R²={r2_score(pred, y):.3f}")
+    fig.tight_layout()
+    fig.savefig(out / "predicted_vs_true.png", dpi=100)
+    plt.close(fig)
+
+
+def run(config: AccuracyConfig) -> Result:
+    def mse(pred, y):
+        return ((pred.squeeze(-1) - y) ** 2).mean()
+
+    return fit(config, out_dim=1, loss_fn=mse, scores_fn=_regression_scores, key="tau",
+               plot_fn=_plot_scatter)

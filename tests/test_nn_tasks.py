@@ -1,0 +1,78 @@
+"""The metanetwork tasks end to end on tiny zoos: accuracy prediction and INR
+classification, their outputs, the best checkpoint, and `metanet train` / `predict`."""
+import json
+
+import pytest
+import torch
+
+from metanet.cli import main
+from tasks.classify_inr import INRConfig
+from tasks.classify_inr import run as run_inr
+from tasks.predict_accuracy import AccuracyConfig, kendall_tau, load_model, predict, r2_score, run, zoo_batches
+from zoo import Zoo
+from zoo.build import build
+
+
+@pytest.fixture(scope="module")
+def cnn_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "cnn"
+    build("digits_cnn", 12, out, options={"steps": [0, 1]}, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inr_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "inr"
+    build("digits_siren", 20, out, options={"steps": [5], "views": 1}, progress=False)
+    return out
+
+
+def test_metrics_against_hand_computed_values():
+    assert kendall_tau([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # one discordant pair of six: (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(4 / 6)
+    assert r2_score([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert r2_score([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("model", ["gmn"])
+def test_predict_accuracy_runs_and_keeps_the_best(cnn_zoo, tmp_path, model):
+    cfg = AccuracyConfig(zoo=str(cnn_zoo), model=model, out=str(tmp_path / model), epochs=2, batch_size=8,
+                         hidden=8, layers=1, progress=False)
+    result = run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all("val_tau" in r for r in rows)
+    best = max(range(2), key=lambda i: rows[i]["val_tau"])
+    assert result.best_epoch == best + 1
+    for name in ("best/model.safetensors", "best/config.json", "best/task.json", "learning_curves.png",
+                 "predicted_vs_true.png", "result.json"):
+        assert (tmp_path / model / name).exists(), name
+    # the saved best model reproduces its validation score
+    loaded, meta = load_model(result.best_dir)
+    _, _, test = Zoo.open(cnn_zoo).split(list(cfg.split), seed=cfg.split_seed)
+    pred, y = predict(loaded, zoo_batches(test, 8, target="test_acc"))
+    assert kendall_tau(pred, y) == pytest.approx(result.test["tau"], nan_ok=True)
+
+
+def test_classify_inr_with_nfn(inr_zoo, tmp_path):
+    result = run_inr(INRConfig(zoo=str(inr_zoo), model="nfn", out=str(tmp_path / "inr"), epochs=1,
+                               batch_size=8, hidden=8, layers=1, progress=False))
+    assert 0.0 <= result.test["acc"] <= 1.0
+    assert (tmp_path / "inr" / "confusion.png").exists()
+
+
+def test_train_and_predict_commands(cnn_zoo, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["train", "accuracy", "--zoo", str(cnn_zoo), "--model", "nfn", "--out", str(out),
+                 "--epochs", "1", "--batch-size", "8", "--hidden", "8", "--layers", "1", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["best_epoch"] == 1 and "tau" in report["test"]
+    assert main(["predict", "--model", str(out / "best"), "--zoo", str(cnn_zoo), "--limit", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 5 and all(isinstance(r["prediction"], float) for r in lines)
+    z = Zoo.open(cnn_zoo)
+    loaded, _ = load_model(out / "best")
+    with torch.no_grad():
+        expect = loaded(next(zoo_batches(z.subset(range(5)), 5))[0]).squeeze(-1)
+    torch.testing.assert_close(torch.tensor([r["prediction"] for r in lines]), expect)
