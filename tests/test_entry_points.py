@@ -6,6 +6,7 @@ Ctrl-C during a zoo build, and the packaging facts the README states."""
 import gc
 import importlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -312,19 +313,41 @@ def test_layouts_are_let_go_when_no_graph_uses_them(fresh_cache):
     assert 0 < info["layout_bytes"] <= wsmod.RECENT_LAYOUTS * max(sizes)
 
 
-def test_a_graph_outlives_its_layout(fresh_cache):
+def _other_layouts(n):
+    for i in range(n):
+        other = mlp(width=20 + i)
+        WeightSpace.of(other, (torch.randn(2, 5),)).graph(other.state_dict())
+
+
+def test_graphs_hold_their_layout_and_nothing_else_does(fresh_cache):
     m = mlp(width=9)
     ws = WeightSpace.of(m, (torch.randn(2, 5),))
     sd = m.state_dict()
     g = ws.graph(sd)
     assert ws.layout() is ws.layout("compact", int(g.width))   # one layout, asked for either way
     lay = weakref.ref(ws.layout())
-    for i in range(wsmod.RECENT_LAYOUTS + 1):
-        other = mlp(width=20 + i)
-        WeightSpace.of(other, (torch.randn(2, 5),)).graph(other.state_dict())
+    _other_layouts(wsmod.RECENT_LAYOUTS + 1)
+    gc.collect()
+    assert lay() is not None          # g shares its structure tensors
+    del g
     gc.collect()
     assert lay() is None
-    assert_equal_dicts(ws.state_dict(g), sd)   # rebuilt on demand
+    # a graph that does not hold its layout (a copy, or one sent through pickle) still converts back
+    g = ws.graph(sd, copy=True)
+    g2 = pickle.loads(pickle.dumps(ws.graph(sd)))
+    lay = weakref.ref(ws.layout())
+    _other_layouts(wsmod.RECENT_LAYOUTS + 1)
+    gc.collect()
+    assert lay() is None
+    assert_equal_dicts(ws.state_dict(g), sd)    # the layout is rebuilt on demand
+    assert_equal_dicts(ws.state_dict(g2), sd)
+
+
+def test_recent_layouts_are_bounded_by_bytes(fresh_cache, monkeypatch):
+    monkeypatch.setattr(wsmod, "RECENT_LAYOUT_BYTES", 1)
+    _other_layouts(3)
+    gc.collect()
+    assert wsmod.cache_info()["layouts"] == 1   # the most recent one stays, whatever its size
 
 
 def test_cache_is_bounded_by_bytes(fresh_cache, monkeypatch):

@@ -3,12 +3,15 @@ leave its function unchanged.
 
 Memory. :meth:`WeightSpace.of` caches weight spaces per architecture (the trace and the
 neuron groups: small), bounded by their estimated memory (:data:`CACHE_BYTES`; an entry
-is estimated at 8x its pickled size: a GPT-2 space pickles to 108 kB and takes 0.7 MB). Graph layouts (the structure tensors every graph of an architecture
-shares: the big part) are not cached with them: a weight space holds its layouts weakly,
-and only the :data:`RECENT_LAYOUTS` most recently used layouts are kept alive by the
-cache, so converting many architectures one after another keeps memory flat. A graph
-keeps its own structure tensors alive, not its layout: ``state_dict(g)`` of an old graph
-rebuilds the layout if it was let go.
+is estimated at 8x its pickled size: a GPT-2 space pickles to 108 kB and takes 0.7 MB).
+Graph layouts (the structure tensors every graph of an architecture shares: the big
+part) are not cached with them. A weight space holds its layouts weakly; a graph from
+:meth:`WeightSpace.graph` holds the layout whose tensors it shares, and the cache keeps
+the most recently used layouts alive (at most :data:`RECENT_LAYOUTS`, and beyond the
+most recent one only while they total at most :data:`RECENT_LAYOUT_BYTES`). So a layout
+goes once no graph uses it and newer ones have replaced it, and converting many
+architectures one after another keeps memory flat. ``state_dict(g)`` of a graph that
+does not hold its layout (``copy=True``, unpickled) rebuilds the layout if it was let go.
 """
 from __future__ import annotations
 
@@ -110,11 +113,12 @@ class Scaling:
 # -- the architecture cache ------------------------------------------------------------------
 CACHE_BYTES = 256 * 2 ** 20   # bound on the cached weight spaces' estimated memory
 MEMORY_PER_PICKLED_BYTE = 8   # Python objects take ~6.4x their pickled size (measured: GPT-2)
-RECENT_LAYOUTS = 2            # graph layouts kept alive by the cache, most recently used
+RECENT_LAYOUTS = 2            # graph layouts kept alive by the cache, most recently used ...
+RECENT_LAYOUT_BYTES = 256 * 2 ** 20   # ... and past the most recent one, only up to this size
 
 _CACHE: "OrderedDict[str, WeightSpace]" = OrderedDict()   # architecture key -> space
 _CACHE_SIZES: dict[str, int] = {}                        # architecture key -> estimated bytes
-_RECENT: "list[Any]" = []     # strong references to the most recently used layouts
+_RECENT: "list[tuple[Any, int]]" = []   # (layout, its tensor bytes), most recent first
 
 
 def clear_cache() -> None:
@@ -146,7 +150,7 @@ def cache_info() -> dict:
     """What the cache holds: ``spaces`` (cached weight spaces), ``bytes`` (their estimated
     size), ``layouts`` (graph layouts still alive for cached spaces or recently used) and
     ``layout_bytes`` (the tensors those layouts hold)."""
-    layouts = {id(lay): lay for lay in _RECENT}
+    layouts = {id(lay): lay for lay, _ in _RECENT}
     for ws in _CACHE.values():
         for lay in list(ws._layouts.values()):
             layouts[id(lay)] = lay
@@ -166,12 +170,31 @@ def _remember(ws: "WeightSpace", key: str) -> None:
 
 
 def _keep_recent(layout) -> None:
-    for i, lay in enumerate(_RECENT):
+    if _RECENT and _RECENT[0][0] is layout:
+        return
+    for i, (lay, _) in enumerate(_RECENT):
         if lay is layout:
-            del _RECENT[i]
+            entry = _RECENT.pop(i)
             break
-    _RECENT.insert(0, layout)
+    else:
+        entry = (layout, _tensor_bytes(layout))
+    _RECENT.insert(0, entry)
     del _RECENT[RECENT_LAYOUTS:]
+    while len(_RECENT) > 1 and sum(b for _, b in _RECENT) > RECENT_LAYOUT_BYTES:
+        _RECENT.pop()
+
+
+class _KeepAlive:
+    """Keeps an object alive as long as its holder; pickles to nothing (a graph sent to a
+    DataLoader worker does not carry its layout along)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any = None):
+        self.obj = obj
+
+    def __reduce__(self):
+        return (_KeepAlive, ())
 
 
 # -- helpers for entry points -----------------------------------------------------------------
@@ -642,7 +665,7 @@ class WeightSpace:
             m = None
             for axis, s in enumerate(self.spaces.axes[canon]):
                 f = _factor_map(s, self.spaces.sizes, by_space)
-                if f is None:
+                if f is None or roles.get(axis) == "none":   # e.g. a gain multiplying a scaled stream
                     continue
                 if roles.get(axis) == "in":
                     f = 1.0 / f
@@ -677,7 +700,11 @@ class WeightSpace:
         unless ``copy=True``. ``out=g`` refills a graph made earlier by this space (same
         layout) instead of allocating: the cheap way to convert checkpoints in a loop."""
         _require_state_dict(state_dict, "graph", False)
-        return self.layout(layout, width).graph(state_dict, check=check, copy=copy, out=out)
+        lay = self.layout(layout, width)
+        g = lay.graph(state_dict, check=check, copy=copy, out=out)
+        if not copy:   # it shares the layout's structure tensors: keep the layout with them
+            g._metanet_layout = _KeepAlive(lay)
+        return g
 
     def graphs(self, stacked: Mapping[str, torch.Tensor], layout: str = "compact", *,
                width: int | None = None, check: bool = True):
