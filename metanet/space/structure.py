@@ -66,31 +66,35 @@ class Vars:
         """Normal form: roots only, bindings expanded, size-1 atoms dropped."""
         segs: list[tuple[int, ...]] = []
         for seg in s:
-            atoms: list[int] = []
-            pending: list[Struct] = []  # a concat bound inside a longer product
-            for v in seg:
-                r = self.find(v)
-                if self.size[r] == 1:
-                    continue
-                if r in self.binding:
-                    sub = self.resolve(self.binding[r])
-                    if len(sub) == 1:
-                        atoms.extend(sub[0])
-                        continue
-                    if len(seg) == 1:
-                        pending.append(sub)
-                        continue
-                    # a concatenation inside a product cannot be written in this normal
-                    # form: give up the symmetry of its parts (sound) and keep r opaque
-                    self._fix_resolved(sub)
-                    del self.binding[r]
-                    self.fixed[r] = True
-                atoms.append(r)
-            if pending:
-                segs.extend(pending[0])
-            else:
-                segs.append(tuple(atoms))
+            segs.extend(self._resolve_seg(tuple(seg)))
         return tuple(segs)
+
+    def _resolve_seg(self, seg: tuple[int, ...]) -> list[tuple[int, ...]]:
+        atoms: list[int] = []
+        for i, v in enumerate(seg):
+            r = self.find(v)
+            if self.size[r] == 1:
+                continue
+            if r in self.binding:
+                sub = self.resolve(self.binding[r])
+                if len(sub) == 1:
+                    atoms.extend(sub[0])
+                    continue
+                if not atoms:
+                    # a concatenation leading a row-major product distributes over it:
+                    # (A ⊕ B) × D = (A × D) ⊕ (B × D), e.g. the heads of a fused qkv
+                    # output cut into query heads and one key and one value head
+                    out: list[tuple[int, ...]] = []
+                    for sub_seg in sub:
+                        out.extend(self._resolve_seg(tuple(sub_seg) + tuple(seg[i + 1:])))
+                    return out
+                # a concatenation inside a product cannot be written in this normal
+                # form: give up the symmetry of its parts (sound) and keep r opaque
+                self._fix_resolved(sub)
+                del self.binding[r]
+                self.fixed[r] = True
+            atoms.append(r)
+        return [tuple(atoms)]
 
     def seg_size(self, seg: tuple[int, ...]) -> int:
         return prod(self.size[self.find(v)] for v in seg) if seg else 1
@@ -161,7 +165,11 @@ class Vars:
             self.union(a, b)
             return
         if sum(1 for seg in s for _ in seg) == 0:
-            return  # size 1
+            if len(s) > 1:
+                # positions of different origin side by side (a concatenation of
+                # single channels, each from its own op): none may move
+                self.fixed[a] = True
+            return
         if self.fixed[a]:
             self._fix_resolved(s)
             return
@@ -199,19 +207,28 @@ class Vars:
 
     # -- splitting and merging axes ---------------------------------------------------
     def product(self, structs: list[Struct]) -> Struct:
-        """The structure of the merge (flatten) of consecutive axes."""
-        atoms: list[int] = []
+        """The structure of the merge (flatten) of consecutive axes.
+
+        A concatenation distributes when it leads: (A ⊕ B) × X = (A × X) ⊕ (B × X). A
+        concatenation of fixed atoms only is one fixed block wherever it stands. Any
+        other concatenation inside a product cannot be written as a concatenation of
+        products: the merged axes are fixed (sound)."""
+        result: list[tuple[int, ...]] = [()]
         for s in structs:
             s = self.resolve(s)
-            if len(s) != 1:  # a concatenation merged with other axes: give it up
-                if self.struct_size(s) > 1 and len(structs) > 1:
-                    for t in structs:
-                        self.fix(t)
-                    return self.fixed_struct(prod(self.struct_size(self.resolve(t)) for t in structs))
-                if len(structs) == 1:
-                    return s
-            atoms.extend(s[0])
-        return (tuple(atoms),)
+            if len(s) == 1:
+                result = [r + s[0] for r in result]
+            elif result == [()]:
+                result = list(s)
+            elif all(self.fixed[a] for seg in s for a in seg):
+                block = self.new(self.struct_size(s), fixed=True,
+                                 neuron=any(self.neuron[a] for seg in s for a in seg))
+                result = [r + (block,) for r in result]
+            else:
+                for t in structs:
+                    self.fix(t)
+                return self.fixed_struct(prod(self.struct_size(self.resolve(t)) for t in structs))
+        return tuple(result)
 
     def split(self, s: Struct, sizes: list[int]) -> list[Struct]:
         """Structures of the axes a reshape splits axis ``s`` into (row-major)."""
@@ -270,22 +287,30 @@ class Vars:
 
     def cut(self, s: Struct, bounds: list[int]) -> list[Struct] | None:
         """Structures of the pieces of a split/slice of axis ``s`` at cumulative
-        ``bounds`` (e.g. [0, 4, 8, 12]), refining a free atom into a concatenation if
-        needed. None where the cut does not follow the structure (caller fixes)."""
-        s = self.resolve(s)
-        if len(s) == 1 and len(s[0]) == 1 and not self.fixed[s[0][0]]:
-            pieces = [self.atom(b - a, neuron=self.neuron[s[0][0]]) for a, b in zip(bounds, bounds[1:])]
-            self._bind(s[0][0], tuple(p[0] for p in pieces))
-            return pieces
-        starts, pos = [], 0
-        for seg in s:
-            starts.append(pos)
-            pos += self.seg_size(seg)
-        starts.append(pos)
-        if not set(bounds) <= set(starts):
-            return None
-        return [tuple(seg for seg, st in zip(s, starts) if a <= st < b) or ((),)
-                for a, b in zip(bounds, bounds[1:])]
+        ``bounds`` (e.g. [0, 4, 8, 12]). A free atom that a bound falls inside is refined
+        into a concatenation of smaller atoms; a fixed segment is cut into fixed pieces
+        (its positions never move). None where a bound falls inside a product with free
+        atoms (the caller fixes)."""
+        units: list[tuple[int, tuple[int, ...]]] = []    # (start, segment)
+        pos = 0
+        for seg in self.resolve(s):
+            size = self.seg_size(seg)
+            inner = [b - pos for b in bounds if pos < b < pos + size]
+            if not inner:
+                units.append((pos, seg))
+            else:
+                cuts = [0] + inner + [size]
+                if len(seg) == 1 and not self.fixed[seg[0]]:
+                    pieces = [self.atom(b - a, neuron=self.neuron[seg[0]]) for a, b in zip(cuts, cuts[1:])]
+                    self._bind(seg[0], tuple(p[0] for p in pieces))
+                elif all(self.fixed[a] for a in seg):
+                    pieces = [self.atom(b - a, fixed=True, neuron=any(self.neuron[x] for x in seg))
+                              for a, b in zip(cuts, cuts[1:])]
+                else:
+                    return None
+                units.extend((pos + a, p[0]) for a, p in zip(cuts, pieces))
+            pos += size
+        return [tuple(seg for st, seg in units if a <= st < b) or ((),) for a, b in zip(bounds, bounds[1:])]
 
 
 

@@ -70,11 +70,35 @@ def _default_kwargs(model: nn.Module, kwargs: dict) -> dict:
     return kwargs
 
 
+def _int(s: Any) -> int:
+    """A traced size as an int: its value at the example inputs, or -1 where it depends
+    on tensor values (an unbacked size, such as the number of tokens routed to an
+    expert). Never ``int(s)`` on a symbol: that would add a guard raw export does not need."""
+    if isinstance(s, torch.SymInt):
+        node = s.node
+        hint = getattr(node, "hint", None)
+        if hint is not None:
+            return int(hint)
+        expr = getattr(node, "expr", None)
+        if expr is not None and getattr(expr, "is_number", False):
+            return int(expr)
+        return -1
+    return int(s)
+
+
 def _shape_of(val: Any) -> Any:
     if isinstance(val, torch.Tensor):
-        return tuple(int(s) for s in val.shape)
+        return tuple(_int(s) for s in val.shape)
     if isinstance(val, (list, tuple)):
         return [_shape_of(v) for v in val]
+    return None
+
+
+def _small_ints(t: Any, limit: int = 256) -> tuple[int, ...] | None:
+    """The values of a small integer constant (``x[..., [-2], :]`` indexes with one)."""
+    if isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex() \
+            and t.dtype != torch.bool and t.numel() <= limit and t.device.type != "meta":
+        return tuple(int(v) for v in t.reshape(-1).tolist())
     return None
 
 
@@ -85,10 +109,11 @@ def _strip(name: str, prefix: str = "m.") -> str:
 def _op_name(target: Any) -> str:
     if target is operator.getitem:
         return "getitem"
-    if isinstance(target, torch._ops.OpOverload):
-        return target.overloadpacket.__name__.split(".")[-1]
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return target.__name__.split(".")[-1]
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        packet = target.overloadpacket if isinstance(target, torch._ops.OpOverload) else target
+        name = packet.__name__.split(".")[-1]
+        ns = getattr(target, "namespace", "aten")
+        return name if ns == "aten" else f"{ns}.{name}"   # custom ops keep their namespace
     name = getattr(target, "__name__", str(target))
     return name.split(".")[-1]
 
@@ -176,7 +201,7 @@ def _to_op_graph(ep) -> OpGraph:
         if isinstance(a, (int, float, bool, str)) or a is None:
             return a
         if isinstance(a, torch.SymInt):
-            return int(a)
+            return _int(a)
         return str(a)
 
     def collect(a: Any, kind: type, acc: list) -> list:
@@ -203,7 +228,8 @@ def _to_op_graph(ep) -> OpGraph:
                 env[node.name] = Param(target)
                 param_shapes[target] = _shape_of(val)
             elif kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
-                env[node.name] = Const(target, _shape_of(val) if isinstance(val, torch.Tensor) else ())
+                env[node.name] = Const(target, _shape_of(val) if isinstance(val, torch.Tensor) else (),
+                                       _small_ints(ep.constants.get(spec.target) if spec is not None else None))
                 const_shapes[target] = env[node.name].shape
             else:
                 idx = len(nodes)

@@ -30,6 +30,7 @@ class Const:
 
     name: str
     shape: tuple[int, ...]
+    values: tuple[int, ...] | None = None   # a small integer constant's values (index lists)
 
 
 @dataclass
