@@ -122,7 +122,7 @@ _RECENT: "list[tuple[Any, int]]" = []   # (layout, its tensor bytes), most recen
 
 
 def clear_cache() -> None:
-    """Forget every cached weight space and let go of every layout no graph space holds."""
+    """Forget every cached weight space and let go of every layout that no graph holds."""
     _CACHE.clear()
     _CACHE_SIZES.clear()
     _RECENT.clear()
