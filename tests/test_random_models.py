@@ -13,7 +13,9 @@ slices of activations and of parameters (positional tables sliced to the input l
 repeat, expand, reductions with keepdim (mean/amax/sum over channels or time), view /
 reshape / permute / transpose / movedim / flatten, residual adds, LayerNorm / BatchNorm /
 GroupNorm / RMSNorm, multi-head attention through ``F.scaled_dot_product_attention`` with
-heads split by ``view`` (fused or separate q/k/v, grouped key/value heads repeated),
+heads split by ``view`` (fused or separate q/k/v, grouped key/value heads repeated,
+differential attention's chunks, repeats and subtraction along the head axis), advanced
+indexing of channels with a constant list,
 relu / gelu / tanh / sin / sigmoid, and products with learned per-channel parameters.
 """
 from __future__ import annotations
@@ -513,6 +515,61 @@ def b_attention(rng, st):
     return Residual(m) if rng.random() < 0.7 else m
 
 
+class DiffAttention(nn.Module):
+    """Differential attention (as in Hugging Face's DiffLlama): value heads chunked in two
+    along the head axis, concatenated along the head dim and repeated back to the head
+    count; the attention output chunked along heads and the halves subtracted with a
+    learned lambda (from per-head-dim parameters summed over the head dim), then an
+    RMSNorm over twice the head dim."""
+
+    def __init__(self, c, heads, dh):
+        super().__init__()
+        self.h, self.dh = heads, dh                     # heads is even
+        self.q, self.k, self.v = (nn.Linear(c, heads * dh) for _ in range(3))
+        self.lq1, self.lk1, self.lq2, self.lk2 = (nn.Parameter(0.3 * torch.randn(dh)) for _ in range(4))
+        self.norm = nn.RMSNorm(2 * dh)
+        self.out = nn.Linear(heads * dh, c)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)
+        k = self.k(x).view(B, T, self.h, self.dh).transpose(1, 2)
+        v = self.v(x).view(B, T, self.h, self.dh).transpose(1, 2)
+        v = torch.cat(torch.chunk(v, 2, dim=1), dim=-1).repeat(1, 2, 1, 1)   # (B, h, T, 2 dh)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y1, y2 = torch.chunk(y, 2, dim=1)
+        lam = torch.exp(torch.sum(self.lq1 * self.lk1, -1)) - torch.exp(torch.sum(self.lq2 * self.lk2, -1)) + 0.2
+        y = 0.8 * self.norm(y1 - lam * y2)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.h * self.dh))
+
+
+def b_diff_attention(rng, st):
+    if st.layout != "seq":
+        return b_chunk(rng, st)
+    st.ops += ["diff_attention", "chunk", "repeat", "cat_same", "rms_norm"]
+    m = DiffAttention(st.c, rng.choice([2, 4]), rng.choice([1, 2]))
+    return Residual(m) if rng.random() < 0.5 else m
+
+
+class IndexList(nn.Module):
+    """Advanced indexing of the channel axis with a constant list (reorders, drops and
+    repeats channels)."""
+
+    def __init__(self, idx, cd):
+        super().__init__()
+        self.idx, self.cd = idx, cd
+
+    def forward(self, x):
+        return x[..., self.idx] if self.cd == -1 else x[:, self.idx]
+
+
+def b_index_list(rng, st):
+    idx = [rng.randrange(st.c) for _ in range(rng.randint(2, 5))]
+    st.ops.append("index_list")
+    st.c = len(idx)
+    return IndexList(idx, st.cd)
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c, r, layout):
         super().__init__()
@@ -691,9 +748,11 @@ BLOCKS = {  # name -> (weight, maker, keeps the length)
     "slice_channels": (1, b_slice_channels, True),
     "repeat": (1, b_repeat, True),
     "reduce": (1, b_reduce, True),
-    "shuffle": (2, b_shuffle, True),
+    "shuffle": (3, b_shuffle, True),
     "residual": (2, b_residual, True),
     "attention": (2, b_attention, True),
+    "diff_attention": (1, b_diff_attention, True),
+    "index_list": (1, b_index_list, True),
     "se": (1, b_se, True),
     "cbam": (1, b_cbam, True),
     "mean_expand": (1, b_mean_expand, True),
@@ -897,8 +956,9 @@ def run_chunk(seeds):
             failures.append(problem)
     assert not failures, f"{len(failures)} of {len(seeds)} random models have false symmetries:\n" + \
         "\n".join(failures)
-    # the property is not vacuous: nearly every model has neuron groups to check
-    assert with_groups >= 0.8 * len(seeds), f"only {with_groups} of {len(seeds)} models have neuron groups"
+    # the property is not vacuous: most models have neuron groups to check (some lose them
+    # soundly, e.g. to a constant index list that repeats channels)
+    assert with_groups >= 0.5 * len(seeds), f"only {with_groups} of {len(seeds)} models have neuron groups"
 
 
 @pytest.mark.parametrize("chunk", range(DEFAULT_CHUNKS))
@@ -912,26 +972,28 @@ def test_random_models_keep_their_function_slow(chunk):
     run_chunk(range(chunk * CHUNK, (chunk + 1) * CHUNK))
 
 
-# Seeds of the default run whose models the propagation rules got wrong when this test was
-# written (each minimised below and in the issue's notes): they must pass once the rules
-# are right, and stay in the run whatever the chunking.
-FOUND_FALSE_SYMMETRIES = {
-    16: "scaling through a product with a learned per-channel parameter",
-    24: "scaling through a product with a learned per-channel parameter",
-    61: "scaling through a product with a learned per-channel parameter",
-    73: "scaling through a product with a learned per-channel parameter",
-    126: "scaling through a product with a learned per-channel parameter",
-    168: "scaling through a product with a learned per-channel parameter",
-    148: "scaling of the copies made by repeat of a one-channel activation",
-}
+# Seeds of the default run whose models the propagation rules before the rewrite of issue
+# 14 (commit c05aaad) got wrong: 62 of 200, most often a positional table sliced to the
+# input length (its unused rows made a group), concatenated channel statistics, channel
+# slices and selects, chunked or split attention heads, and scaling through products with
+# parameters. They are in the default run; the slow run checks them one by one too.
+FOUND_FALSE_SYMMETRIES = (
+    3, 4, 13, 19, 23, 27, 28, 29, 32, 34, 35, 37, 42, 43, 44, 53, 54, 56, 57, 58, 61, 66,
+    69, 70, 80, 86, 89, 91, 95, 98, 99, 101, 102, 103, 104, 105, 108, 114, 119, 120, 121,
+    126, 131, 141, 142, 148, 155, 158, 162, 163, 165, 172, 173, 176, 178, 183, 185, 188,
+    191, 195, 197, 199,
+)
 
 
-@pytest.mark.parametrize("seed", sorted(FOUND_FALSE_SYMMETRIES))
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", FOUND_FALSE_SYMMETRIES)
 def test_seeds_that_found_false_symmetries(seed):
     problem, _ = check(seed)
-    assert problem is None, f"{FOUND_FALSE_SYMMETRIES[seed]}: {problem}"
+    assert problem is None, problem
 
 
+# Found by this test while the rules were being rewritten (minimised; the random models that
+# showed them came from an earlier version of the grammar).
 class ParamProduct(nn.Module):
     """Minimised: hidden units times a learned per-channel parameter. Scaling the units
     must not scale the parameter too."""
@@ -992,6 +1054,7 @@ GRAMMAR_OPS = {"linear", "conv1d", "conv2d", "grouped_conv", "cat_same", "cat_di
                "reduce_amax", "reduce_sum", "view_shuffle", "view_reduce", "transpose", "flatten",
                "residual", "layer_norm", "batch_norm", "group_norm", "rms_norm", "attention",
                "relu", "gelu", "tanh", "sin", "sigmoid", "param_mul", "embedding", "pool",
+               "diff_attention", "index_list",
                "head:first", "head:last", "head:flatten", "head:dense"}
 
 
