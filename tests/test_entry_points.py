@@ -511,3 +511,12 @@ def test_graph_inverses_take_graphs(relu):
     with pytest.raises(TypeError, match=r"node_index\(\) takes a Permutation, got a Scaling"):
         ws.node_index(ws.sample_scaling())
     assert_equal_dicts(ws.state_dicts(two), stack([sd, sd]))
+
+
+def test_a_recipe_name_is_registered_once():
+    r = zoo.get_recipe("digits_cnn")
+    assert zoo.register_recipe(r) is r   # the same recipe again: nothing changes
+    clone = zoo.Recipe(**{f: getattr(r, f) for f in r.__dataclass_fields__})
+    with pytest.raises(ValueError, match="recipe 'digits_cnn' is already registered"):
+        zoo.register_recipe(clone)
+    assert zoo.get_recipe("digits_cnn") is r

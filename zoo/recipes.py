@@ -109,6 +109,9 @@ _RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
+    """Make ``recipe`` buildable by name; a name is registered once."""
+    if _RECIPES.get(recipe.name, recipe) is not recipe:
+        raise ValueError(f"recipe {recipe.name!r} is already registered; give yours another name")
     _RECIPES[recipe.name] = recipe
     return recipe
 
