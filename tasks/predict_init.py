@@ -19,6 +19,11 @@ when validation accuracy improves); logging through a progress bar and
 Every random choice of step ``t`` (architectures, minibatch) comes from a generator
 seeded with ``(seed, t)``: a resumed run takes the same steps as an uninterrupted one.
 
+Under ``torchrun`` (DDP over gloo on CPU, nccl on GPU) every process takes the same
+steps; each predicts its share of the step's meta-batch, gradients (and the GHN's
+count of op kinds seen) are summed across processes before the update, so the GHN
+stays identical everywhere; only rank 0 evaluates, logs and writes checkpoints.
+
 Checkpoints are safetensors + JSON: ``GHN.save_pretrained`` (``model.safetensors``,
 ``config.json``), the optimizer's tensors in ``optimizer.safetensors`` (its
 hyperparameters in the file's metadata), and ``state.json`` (step, best accuracy).
@@ -215,6 +220,34 @@ def _atomic_dir(save, final: Path) -> None:
         shutil.rmtree(old)
 
 
+# ---------------------------------------------------------------------------------- torchrun
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; joins the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _sum_across_processes(ghn: nn.Module, seen_before: torch.Tensor, loss: torch.Tensor) -> float:
+    """Sum gradients, op-kind counts and the loss over processes; returns the loss."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in ghn.parameters()]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [ghn.kinds_seen - seen_before, loss.detach().reshape(1)])
+    dist.all_reduce(flat)
+    n = 0
+    for g in grads:
+        g.copy_(flat[n:n + g.numel()].view_as(g))
+        n += g.numel()
+    ghn.kinds_seen.copy_(seen_before + flat[n:n + ghn.kinds_seen.numel()])
+    return float(flat[-1])
+
+
 # ---------------------------------------------------------------------------------------- run
 def run(config: PredictInitConfig) -> PredictInitResult:
     from tqdm.auto import tqdm
@@ -223,6 +256,8 @@ def run(config: PredictInitConfig) -> PredictInitResult:
     from zoo.data import load_dataset
 
     cfg = config
+    rank, world = _distributed()          # read once; below only logging and saving depend on it
+    main = rank == 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last_dir, best_dir = out / "last", out / "best"
@@ -274,7 +309,7 @@ def run(config: PredictInitConfig) -> PredictInitResult:
     # the loop
     ghn.train()
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps,
-               disable=not cfg.progress, desc=f"ghn {cfg.dataset}")
+               disable=not (cfg.progress and main), desc=f"ghn {cfg.dataset}")
     val_acc = float("nan")
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])
@@ -283,20 +318,27 @@ def run(config: PredictInitConfig) -> PredictInitResult:
             group["lr"] = lr
         idx = torch.from_numpy(rng.choice(len(ys), cfg.batch_size, replace=False))
         xb, yb = xs[idx], ys[idx]
-        loss = 0.0
-        for i in rng.choice(cfg.n_archs, cfg.meta_batch, replace=cfg.meta_batch > cfg.n_archs):
+        chosen = rng.choice(cfg.n_archs, cfg.meta_batch, replace=cfg.meta_batch > cfg.n_archs)
+        seen = ghn.kinds_seen.clone()
+        loss = torch.zeros(())
+        for i in chosen[rank::world]:     # this process's share of the meta-batch
             model = model_of(int(i)).train()
             params = ghn.predict(model)
             logits = torch.func.functional_call(model, dict(params), (xb,), strict=False)
             loss = loss + F.cross_entropy(logits, yb) / cfg.meta_batch
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
+        for p in ghn.parameters():   # every process updates every parameter alike
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        loss_value = _sum_across_processes(ghn, seen, loss) if world > 1 else loss.item()
         gnorm = float(torch.nn.utils.clip_grad_norm_(ghn.parameters(), cfg.grad_clip))
         if math.isfinite(gnorm):   # a non-finite gradient skips the step instead of poisoning the GHN
             opt.step()
         done = step + 1
-        rec = {"step": done, "loss": loss.item(), "grad_norm": gnorm, "lr": lr}
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        rec = {"step": done, "loss": loss_value, "grad_norm": gnorm, "lr": lr}
+        if main and (done % cfg.eval_every == 0 or done == cfg.steps):
             val_acc = float(np.mean(predicted_accuracy(ghn, val_models, data)))
             rec["val_acc"] = val_acc
             if val_acc > state["best_val_acc"]:
@@ -306,14 +348,17 @@ def run(config: PredictInitConfig) -> PredictInitResult:
                             best_dir)
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", val=f"{val_acc:.3f}")
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == cfg.stop_at:
+        if main and (done % cfg.ckpt_every == 0 or done == cfg.steps or done == cfg.stop_at):
             save(done)
         if done == cfg.stop_at:
             break
     bar.close()
-    if not best_dir.exists():  # resumed after the last step: nothing new to compare
+    if world > 1:
+        torch.distributed.barrier()
+    if main and not best_dir.exists():  # resumed after the last step: nothing new to compare
         _atomic_dir(lambda d: ghn.save_pretrained(d), best_dir)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if main:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     finals = [h["val_acc"] for h in history if "val_acc" in h]
     return PredictInitResult(steps=cfg.steps, best_val_acc=state["best_val_acc"],
                              best_step=state["best_step"], final_val_acc=finals[-1] if finals else float("nan"),

@@ -201,3 +201,14 @@ def test_bad_config_names_the_choices():
         GHN(gnn="gcn")
     with pytest.raises(ValueError, match="example_inputs"):
         GHN().predict(nn.Linear(2, 2))
+
+
+def test_residual_ghn_starts_at_the_models_init_and_learns_a_correction():
+    torch.manual_seed(0)
+    ghn = GHN(hid=16, layers=1, block=8, residual=True)
+    model, x = build("small_cnn")
+    pred = ghn.predict(model, x)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(pred[k], p.detach(), rtol=0, atol=0)
+    sum(o.pow(2).mean() for o in run(model, pred, x)).backward()
+    assert ghn.alpha.grad is not None and ghn.alpha.grad.abs().sum() > 0

@@ -109,3 +109,24 @@ def test_predict_init_command(tmp_path, capsys):
 def test_train_dispatcher_lists_kinds(capsys):
     assert main(["train"]) == 2
     assert "ghn" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path):
+    """DDP (gloo): two processes sharing each meta-batch train the same GHN as one."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "ghn", "--steps", "2", "--meta-batch", "2", "--batch-size", "16", "--n-archs", "3",
+            "--val-archs", "1", "--eval-every", "2", "--ckpt-every", "2", "--gnn", "gated",
+            "--hid", "16", "--layers", "1", "--block", "8", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                    "--master-port", "29517", "-m", "metanet.cli", *args, "--out", str(tmp_path / "ddp")],
+                   check=True, env=env, capture_output=True)
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    a = load_file(tmp_path / "ddp/last/model.safetensors")
+    b = load_file(tmp_path / "one/last/model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["TiledDecoder", "LowRankDecoder", "VectorHead", "fit_axis", "fit_spatial"]
@@ -99,11 +100,18 @@ class LowRankDecoder(nn.Module):
     def forward(self, e: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         g, r = e.shape[0], self.rank
         t = self.trunk(e)
-        a = fit_axis(self.a(t).view(g, self.max_out, r), 1, shape[0])
-        b = self.b(t).view(g, r, self.max_in)[:, :, : shape[1]]
+        # only the rows of A and columns of B this shape uses are computed
+        rows = min(shape[0], self.max_out)
+        a = F.linear(t, self.a.weight[: rows * r], self.a.bias[: rows * r]).view(g, rows, r)
+        a = fit_axis(a, 1, shape[0])
+        b = F.linear(t, self.b.weight[: shape[1] * r], self.b.bias[: shape[1] * r])
+        b = b.view(g, shape[1], r).transpose(1, 2)                 # [g, r, i]
         c = fit_spatial(self.c(t).view(g, r, self.kernel, self.kernel), tuple(shape[2:]))
-        c = c.reshape(g, r, -1)
-        w = torch.einsum("gor,gri,grs->gois", a, b, c) / math.sqrt(r)
+        c = c.reshape(g, r, -1)                                    # [g, r, s]
+        s = c.shape[-1]
+        # W[o, i, s] = sum_r A[o, r] C[r, s] B[r, i], as one batched matmul (no [o, r, i])
+        ac = (a[:, :, None, :] * c.transpose(1, 2)[:, None, :, :]).reshape(g, shape[0] * s, r)
+        w = torch.bmm(ac, b).view(g, shape[0], s, shape[1]).transpose(2, 3) / math.sqrt(r)
         return w.reshape(g, *shape)
 
     def extra_repr(self) -> str:

@@ -106,14 +106,6 @@ class HyperGraph:
             self._cache[key] = torch.from_numpy(np.minimum(d, max_dist).astype(np.uint8))
         return self._cache[key]
 
-    def groups(self, reach=None) -> "OrderedDict[tuple, list[TensorSpec]]":
-        """Tensors grouped by (head, shape): one decoder call per group."""
-        out: OrderedDict[tuple, list[TensorSpec]] = OrderedDict()
-        for t in self.tensors:
-            out.setdefault((t.head, t.shape), []).append(t)
-        return out
-
-
 def _levels(g: HyperGraph, reverse: bool, max_virtual: int) -> list[dict[str, torch.Tensor]]:
     n = g.n
     src, dst = g.edge_index[0].tolist(), g.edge_index[1].tolist()

@@ -1,0 +1,475 @@
+"""Hypernetwork benchmark: GHN-predicted initial parameters on unseen architectures,
+fine-tuning from them, tiled against low-rank decoders, MIP against the standard
+parametrization, and the time and memory to predict large models.
+
+    python benchmarks/hyper.py            # full run (3 seeds), writes
+                                          # benchmarks/results/hyper.json and benchmarks/hyper.md
+    python benchmarks/hyper.py --quick    # smoke run (minutes), writes *_quick files
+
+Every comparison is measured in the same run against its baseline and reported as a
+ratio. Sections:
+
+1. predict-init (digits 8x8, MNIST-1D): per seed, a GHN with each decoder is
+   meta-trained on the sampler's architectures (seeds 0..n_archs-1), then evaluated on
+   test architectures from sampler seeds >= 2,000,000, any whose kwargs equal a training
+   architecture's removed. For each test architecture: accuracy with predicted
+   parameters and no training, with Kaiming-normal init, and after `epochs` epochs of
+   Adam from Kaiming ("trained"); then fine-tuning from the predicted parameters with
+   the same schedule: accuracy after one epoch, and steps to reach 95% of the trained
+   accuracy. BatchNorm statistics are recomputed on 512 training images before every
+   evaluation (the same for every init).
+2. decoder size: parameters of the tiled decoder (block = width, i.e. no copies) and of
+   the low-rank decoder (max_width = width) as the widest predicted layer grows
+   64 -> 4096 (modules built on the meta device: nothing allocated).
+3. MIP: a hypernetwork predicts a digits MLP's parameters from the weight-decay
+   coefficient lambda in [0, 1] (loss = CE + lambda * 1e-3 * ||theta||^2, lambdas drawn
+   per step); held-out loss against steps for both parametrizations, and the ratio of
+   steps to reach the standard parametrization's final loss.
+4. scale: time and peak memory (fresh process, ru_maxrss) to predict a ResNet-50
+   (25.6M parameters) with each decoder, and GPT-2-Large (774M; transformers'
+   GPT2Config(n_embd=1280, n_layer=36, n_head=20)) built on the meta device with the
+   low-rank decoder; the trace of a Llama-7B-sized config on the meta device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FULL = dict(seeds=3, ghn_steps=120, meta_batch=4, n_archs=32, n_test=12, epochs=2,
+            mip_steps=300, widths=[64, 128, 256, 512, 1024, 2048, 4096])
+QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, n_archs=4, n_test=3, epochs=1,
+             mip_steps=20, widths=[64, 4096])
+GHN_KW = dict(gnn="transformer", hid=64, layers=2)
+DECODERS = {"tiled": dict(decoder="tiled", block=32), "lowrank": dict(decoder="lowrank", max_width=64, rank=16)}
+TEST_SEED0 = 2_000_000
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ------------------------------------------------------------------------ 1. predict-init
+def train_curve(model, data, epochs, seed, eval_every):
+    """Adam (lr 1e-3, batch 64) from the model's current parameters; test accuracy at
+    step 0 and every ``eval_every`` steps: [(step, acc)]."""
+    from tasks.predict_init import accuracy
+
+    g = torch.Generator().manual_seed(seed)
+    x, y = data.x_train, data.y_train
+    calib = x[:512]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    curve = [(0, accuracy(model, None, data.x_test, data.y_test, calib))]
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 64):
+            b = perm[i:i + 64]
+            model.train()
+            loss = F.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % eval_every == 0:
+                curve.append((step, accuracy(model, None, data.x_test, data.y_test, calib)))
+    if curve[-1][0] != step:
+        curve.append((step, accuracy(model, None, data.x_test, data.y_test, calib)))
+    return curve
+
+
+def at_step(curve, step):
+    return [a for s, a in curve if s <= step][-1]
+
+
+def steps_to(curve, target):
+    for s, a in curve:
+        if a >= target:
+            return s
+    return None
+
+
+def predict_init_section(dataset, seed, cfg, workdir):
+    import zoo
+    from metanet.hyper import GHN
+    from tasks.predict_init import PredictInitConfig, build_arch, run, sample_archs
+    from zoo.data import load_dataset
+    from zoo.models import arch_key
+
+    data = load_dataset(dataset)
+    train_keys = {arch_key(n, k) for n, k in sample_archs(dataset, range(cfg["n_archs"]))}
+    test = []
+    s = TEST_SEED0
+    while len(test) < cfg["n_test"]:
+        a = sample_archs(dataset, [s])[0]
+        if arch_key(*a) not in train_keys:
+            test.append(a)
+        s += 1
+    ghns, meta = {}, {}
+    for dec, kw in DECODERS.items():
+        t0 = time.time()
+        res = run(PredictInitConfig(
+            dataset=dataset, out=str(workdir / f"{dataset}_{dec}_{seed}"), steps=cfg["ghn_steps"],
+            meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], val_archs=4, lr=2e-3,
+            eval_every=cfg["ghn_steps"], ckpt_every=cfg["ghn_steps"], seed=seed, resume=False,
+            progress=False, ghn=dict(GHN_KW, **kw)))
+        ghns[dec] = GHN.from_pretrained(res.last_dir).eval()
+        meta[dec] = dict(meta_train_seconds=round(time.time() - t0, 1),
+                         ghn_params=sum(p.numel() for p in ghns[dec].parameters()),
+                         final_loss=float(np.mean([h["loss"] for h in res.history[-20:]])))
+        log(f"  {dataset} seed {seed} {dec}: meta-trained {cfg['ghn_steps']} steps in "
+            f"{meta[dec]['meta_train_seconds']} s")
+    per_epoch = math.ceil(len(data.y_train) / 64)
+    eval_every = max(1, per_epoch // 4)
+    rows = []
+    for j, arch in enumerate(test):
+        row = {"arch": arch[0], "kwargs": arch[1]}
+        init_seed = seed * 100_000 + j
+        model = build_arch(arch, seed=init_seed)
+        zoo.train.init_weights(model, "kaiming_normal")
+        own = {k: v.clone() for k, v in model.state_dict().items()}
+        row["kaiming"] = train_curve(model, data, cfg["epochs"], init_seed, eval_every)
+        for dec, ghn in ghns.items():
+            model.load_state_dict(own)
+            with torch.no_grad():
+                pred = ghn.load(model)
+            row[f"{dec}_unpredicted"] = len(pred.unpredicted)
+            row[dec] = train_curve(model, data, cfg["epochs"], init_seed, eval_every)
+        rows.append(row)
+    trained = np.array([r["kaiming"][-1][1] for r in rows])
+    out = {"dataset": dataset, "seed": seed, "n_test": len(rows), "epochs": cfg["epochs"],
+           "steps_per_epoch": per_epoch, "trained_acc": float(trained.mean()),
+           "kaiming_acc0": float(np.mean([r["kaiming"][0][1] for r in rows])),
+           "kaiming_acc_1ep": float(np.mean([at_step(r["kaiming"], per_epoch) for r in rows])),
+           "ghn": meta, "rows": rows}
+    k_steps = [steps_to(r["kaiming"], 0.95 * r["kaiming"][-1][1]) for r in rows]
+    out["kaiming_steps95"] = float(np.mean([s for s in k_steps if s is not None]))
+    for dec in ghns:
+        acc0 = np.array([r[dec][0][1] for r in rows])
+        out[f"{dec}_acc0"] = float(acc0.mean())
+        out[f"{dec}_ratio_to_trained"] = float(np.mean(acc0 / np.maximum(trained, 1e-9)))
+        out[f"{dec}_acc_1ep"] = float(np.mean([at_step(r[dec], per_epoch) for r in rows]))
+        d_steps = [steps_to(r[dec], 0.95 * r["kaiming"][-1][1]) for r in rows]
+        reached = [(d, k) for d, k in zip(d_steps, k_steps) if d is not None and k is not None]
+        out[f"{dec}_steps95"] = float(np.mean([d for d, _ in reached])) if reached else None
+        out[f"{dec}_steps95_ratio"] = (float(np.mean([d for d, _ in reached]) / max(np.mean([k for _, k in reached]), 1e-9))
+                                       if reached else None)
+        out[f"{dec}_reached95"] = sum(d is not None for d in d_steps)
+    out["kaiming_reached95"] = sum(k is not None for k in k_steps)
+    return out
+
+
+# ----------------------------------------------------------------------- 2. decoder size
+def decoder_size_section(widths):
+    from metanet.hyper import GHN
+
+    rows = []
+    for w in widths:
+        with torch.device("meta"):
+            tiled = GHN(**GHN_KW, decoder="tiled", block=w)
+            low = GHN(**GHN_KW, decoder="lowrank", max_width=w, rank=16)
+        nt = sum(p.numel() for p in tiled.decoders.parameters())
+        nl = sum(p.numel() for p in low.decoders.parameters())
+        rows.append(dict(width=w, tiled_decoder=nt, lowrank_decoder=nl,
+                         tiled_ghn=sum(p.numel() for p in tiled.parameters()),
+                         lowrank_ghn=sum(p.numel() for p in low.parameters()), ratio=nl / nt))
+    return rows
+
+
+# --------------------------------------------------------------------------------- 3. MIP
+def mip_section(seed, steps):
+    from metanet.hyper import HyperNetwork
+    from zoo.data import load_dataset
+
+    data = load_dataset("digits")
+    x, y = data.x_train.flatten(1), data.y_train
+    xt, yt = data.x_test.flatten(1), data.y_test
+    lam_eval = torch.linspace(0, 1, 5)[:, None]
+    curves = {}
+    for kind in ("standard", "mip"):
+        torch.manual_seed(seed)
+        target = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        hn = HyperNetwork(target, cond_dim=1, parametrization=kind, hidden=(64, 64))
+        opt = torch.optim.Adam(hn.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(seed)
+
+        def loss_of(lam, xb, yb):
+            params = hn(lam)
+            logits = hn.run(lam, xb)                               # [L, B, 10]
+            ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(lam)), reduction="none")
+            ce = ce.view(len(lam), -1).mean(1)
+            l2 = sum(p.pow(2).flatten(1).sum(1) for p in params.values())
+            return (ce + lam[:, 0] * 1e-3 * l2).mean()
+
+        curve = []
+        for step in range(steps + 1):
+            if step % max(1, steps // 40) == 0 or step == steps:
+                with torch.no_grad():
+                    curve.append((step, float(loss_of(lam_eval, xt, yt))))
+            if step == steps:
+                break
+            idx = torch.randint(0, len(y), (64,), generator=g)
+            lam = torch.rand(8, 1, generator=g)
+            loss = loss_of(lam, x[idx], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        curves[kind] = curve
+    target_loss = curves["standard"][-1][1]
+    s_std, s_mip = steps_to_loss(curves["standard"], target_loss), steps_to_loss(curves["mip"], target_loss)
+    return dict(seed=seed, steps=steps, target_loss=target_loss, curves=curves,
+                standard_steps=s_std, mip_steps=s_mip,
+                step_ratio=(s_mip / s_std) if (s_mip is not None and s_std) else None,
+                final_standard=curves["standard"][-1][1], final_mip=curves["mip"][-1][1])
+
+
+def steps_to_loss(curve, target):
+    for s, l in curve:
+        if l <= target:
+            return s
+    return None
+
+
+# ------------------------------------------------------------------------------- 4. scale
+CHILD = r'''
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+import torch
+sys.path.insert(0, ROOT)
+from metanet.hyper import GHN
+from metanet.trace import trace
+torch.manual_seed(0)
+what, decoder = sys.argv[1], sys.argv[2]
+res = {"what": what, "decoder": decoder}
+kw = dict(gnn="transformer", hid=64, layers=2)
+if what == "resnet50":
+    sys.path.insert(0, ROOT + "/benchmarks")
+    from hyper import resnet50
+    model = resnet50()
+    x = (torch.zeros(1, 3, 224, 224),)
+    ghn = GHN(**kw, decoder=decoder, max_width=2048, rank=16).eval()
+elif what == "gpt2-large":
+    from transformers import GPT2Config, GPT2LMHeadModel
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config(n_embd=1280, n_layer=36, n_head=20))
+    x = (torch.zeros(1, 8, dtype=torch.long, device="meta"),)
+    ghn = GHN(**kw, decoder=decoder, max_width=5120, rank=16).eval()
+elif what == "llama-7b":
+    from transformers import LlamaConfig, LlamaForCausalLM
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig())
+    x = (torch.zeros(1, 8, dtype=torch.long, device="meta"),)
+    t = time.time(); g = trace(model, x); res["trace_s"] = time.time() - t
+    res["ops"] = len(g); res["params"] = sum(p.numel() for p in model.parameters())
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT" + json.dumps(res)); sys.exit(0)
+res["params"] = sum(p.numel() for p in model.parameters())
+res["ghn_params"] = sum(p.numel() for p in ghn.parameters())
+with torch.no_grad():
+    t = time.time(); p = ghn.predict(model, x); res["first_s"] = time.time() - t   # includes the trace
+    del p
+    t = time.time(); p = ghn.predict(model, x); res["cached_s"] = time.time() - t  # trace cached
+res["predicted_values"] = sum(v.numel() for v in p.values())
+res["unpredicted"] = p.unpredicted
+res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT" + json.dumps(res))
+'''
+
+
+def scale_section(quick):
+    jobs = [("resnet50", "tiled"), ("resnet50", "lowrank"), ("gpt2-large", "lowrank"), ("llama-7b", "-")]
+    if quick:
+        jobs = [("resnet50", "lowrank")]
+    out = []
+    for what, dec in jobs:
+        code = CHILD.replace("ROOT", repr(str(ROOT)), 1).replace("ROOT +", repr(str(ROOT)) + " +")
+        p = subprocess.run([sys.executable, "-c", code, what, dec], capture_output=True, text=True,
+                           timeout=1800)
+        lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT")]
+        if lines:
+            out.append(json.loads(lines[-1][6:]))
+        else:
+            out.append({"what": what, "decoder": dec, "error": (p.stderr or p.stdout)[-800:]})
+        log(f"  scale {what} {dec}: {out[-1]}"[:400])
+    return out
+
+
+def resnet50(n_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-50 layout (bottlenecks [3, 4, 6, 3], 25.6M parameters)."""
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c_in, width, stride):
+            super().__init__()
+            c_out = width * 4
+            self.conv1, self.bn1 = nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+            self.down = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                         if stride != 1 or c_in != c_out else None)
+
+        def forward(self, x):
+            h = F.relu(self.bn1(self.conv1(x)))
+            h = F.relu(self.bn2(self.conv2(h)))
+            h = self.bn3(self.conv3(h))
+            return F.relu(h + (x if self.down is None else self.down(x)))
+
+    class ResNet50(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            layers, c = [], 64
+            for i, (n, w) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512])):
+                for j in range(n):
+                    layers.append(Bottleneck(c, w, 2 if (i > 0 and j == 0) else 1))
+                    c = w * 4
+            self.layers = nn.Sequential(*layers)
+            self.fc = nn.Linear(c, n_classes)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+            return self.fc(self.layers(x).mean((2, 3)))
+
+    return ResNet50()
+
+
+# ------------------------------------------------------------------------------- report
+def mean_sd(v):
+    v = [x for x in v if x is not None]
+    if not v:
+        return "n/a"
+    return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def write_md(res, path, cmd):
+    L = ["# Hypernetworks: GHN-predicted initial parameters, decoders, MIP, scale", "",
+         f"Command: `{cmd}` ({res['seconds']:.0f} s on {res['machine']}; torch {res['torch']}). "
+         "Mean ± standard deviation over seeds; every ratio is against a baseline measured in "
+         "the same run.", "",
+         f"Setup: per seed and dataset, a GHN ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, "
+         f"{GHN_KW['layers']} layers) with each decoder meta-trained for {res['config']['ghn_steps']} steps "
+         f"(meta-batch {res['config']['meta_batch']}, {res['config']['n_archs']} training architectures); "
+         f"{res['config']['n_test']} unseen test architectures; 'trained' = "
+         f"{res['config']['epochs']} epochs of Adam (lr 1e-3, batch 64) from Kaiming-normal init.", ""]
+    for ds in res["datasets"]:
+        runs = [r for r in res["predict_init"] if r["dataset"] == ds]
+        if not runs:
+            continue
+        L += [f"## {ds}: predicted parameters on unseen architectures", "",
+              "| init | accuracy, no training | ratio to trained | accuracy after 1 epoch | "
+              "steps to 95% of trained (mean over those reaching it) | reached | ratio of steps to Kaiming's |",
+              "|---|---|---|---|---|---|---|"]
+        L.append(f"| Kaiming normal | {mean_sd([r['kaiming_acc0'] for r in runs])} | "
+                 f"{mean_sd([r['kaiming_acc0'] / r['trained_acc'] for r in runs])} | "
+                 f"{mean_sd([r['kaiming_acc_1ep'] for r in runs])} | {mean_sd([r['kaiming_steps95'] for r in runs])} | "
+                 f"{sum(r['kaiming_reached95'] for r in runs)}/{sum(r['n_test'] for r in runs)} | 1 |")
+        for dec in DECODERS:
+            L.append(f"| GHN, {dec} decoder | {mean_sd([r[f'{dec}_acc0'] for r in runs])} | "
+                     f"{mean_sd([r[f'{dec}_ratio_to_trained'] for r in runs])} | "
+                     f"{mean_sd([r[f'{dec}_acc_1ep'] for r in runs])} | {mean_sd([r[f'{dec}_steps95'] for r in runs])} | "
+                     f"{sum(r[f'{dec}_reached95'] for r in runs)}/{sum(r['n_test'] for r in runs)} | "
+                     f"{mean_sd([r[f'{dec}_steps95_ratio'] for r in runs])} |")
+        L += ["", f"Trained accuracy (the baseline): {mean_sd([r['trained_acc'] for r in runs])}. "
+              f"One epoch = {runs[0]['steps_per_epoch']} steps. GHN parameters: "
+              + ", ".join(f"{d} {runs[0]['ghn'][d]['ghn_params']:,}" for d in DECODERS)
+              + "; meta-training time per GHN: "
+              + ", ".join(f"{d} {np.mean([r['ghn'][d]['meta_train_seconds'] for r in runs]):.0f} s" for d in DECODERS)
+              + ".", ""]
+    L += ["## Decoder size as the widest predicted layer grows", "",
+          "Tiled: block = width (predicts a layer of that width without copies); low-rank: "
+          "max_width = width, rank 16. Both with kernel 3 and hid 64.", "",
+          "| width | tiled decoder | low-rank decoder | low-rank / tiled |", "|---|---|---|---|"]
+    for r in res["decoder_size"]:
+        L.append(f"| {r['width']} | {r['tiled_decoder']:,} | {r['lowrank_decoder']:,} | {r['ratio']:.5f} |")
+    L += ["", "## MIP against the standard parametrization (digits MLP, lambda-conditioned weight decay)", "",
+          "| seed | standard final loss | MIP final loss | steps to standard's final loss: standard | MIP | ratio MIP/standard |",
+          "|---|---|---|---|---|---|"]
+    for r in res["mip"]:
+        L.append(f"| {r['seed']} | {r['final_standard']:.4f} | {r['final_mip']:.4f} | {r['standard_steps']} | "
+                 f"{r['mip_steps']} | {r['step_ratio'] if r['step_ratio'] is None else round(r['step_ratio'], 3)} |")
+    if res["mip"]:
+        L += ["", "Held-out loss against steps (seed 0):", "", "| step | standard | MIP |", "|---|---|---|"]
+        c = res["mip"][0]["curves"]
+        for (s, a), (_, b) in list(zip(c["standard"], c["mip"]))[:: max(1, len(c["mip"]) // 10)]:
+            L.append(f"| {s} | {a:.4f} | {b:.4f} |")
+    L += ["", "## Scale: time and peak memory to predict", "",
+          "| model | decoder | parameters | predicted values | first call (s, with trace) | cached trace (s) | peak RSS (MB) | not predicted |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in res["scale"]:
+        if "error" in r:
+            L.append(f"| {r['what']} | {r['decoder']} | error: {r['error'][-200:]!r} | | | | | |")
+        elif r["what"] == "llama-7b":
+            L.append(f"| Llama-7B config, meta device (trace only: {r['ops']} ops, {r['trace_s']:.1f} s) | - | "
+                     f"{r['params']:,} | - | - | - | {r['peak_rss_mb']:.0f} | - |")
+        else:
+            L.append(f"| {r['what']} | {r['decoder']} | {r['params']:,} | {r['predicted_values']:,} | "
+                     f"{r['first_s']:.2f} | {r['cached_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                     f"{', '.join(r['unpredicted']) or '-'} |")
+    Path(path).write_text("\n".join(L) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed")
+    ap.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["predict", "size", "mip", "scale"])
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    cfg = QUICK if args.quick else FULL
+    suffix = "_quick" if args.quick else ""
+    t0 = time.time()
+    res = {"config": cfg, "datasets": args.datasets, "torch": torch.__version__,
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "predict_init": [],
+           "decoder_size": [], "mip": [], "scale": []}
+    out_json = ROOT / "benchmarks" / "results" / f"hyper{suffix}.json"
+    out_md = ROOT / "benchmarks" / f"hyper{suffix}.md"
+
+    cmd = "python benchmarks/hyper.py" + (" --quick" if args.quick else "")
+
+    def save():
+        res["seconds"] = time.time() - t0
+        out_json.write_text(json.dumps(res, indent=1))
+        write_md(res, out_md, cmd)
+
+    if "size" not in args.skip:
+        res["decoder_size"] = decoder_size_section(cfg["widths"])
+        save()
+    if "mip" not in args.skip:
+        for seed in range(cfg["seeds"]):
+            res["mip"].append(mip_section(seed, cfg["mip_steps"]))
+            log(f"mip seed {seed}: ratio {res['mip'][-1]['step_ratio']}")
+            save()
+    if "scale" not in args.skip:
+        res["scale"] = scale_section(args.quick)
+        save()
+    if "predict" not in args.skip:
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in range(cfg["seeds"]):
+                for ds in args.datasets:
+                    res["predict_init"].append(predict_init_section(ds, seed, cfg, Path(tmp)))
+                    r = res["predict_init"][-1]
+                    log(f"{ds} seed {seed}: trained {r['trained_acc']:.3f} kaiming {r['kaiming_acc0']:.3f} "
+                        + " ".join(f"{d} {r[f'{d}_acc0']:.3f}" for d in DECODERS))
+                    save()
+    save()
+    log(f"wrote {out_json} ({res['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
