@@ -255,3 +255,39 @@ def test_registering_a_rule_twice_is_refused():
         register_rule("linear", lambda P, n: None)
     with pytest.raises(ValueError, match="symmetry must be one of"):
         register_rule("demo.other", lambda P, n: None, symmetry="sometimes")
+
+
+# Hugging Face models with the patterns above in their default code paths (small configs)
+def _hf_cases():
+    T = pytest.importorskip("transformers")
+    return {
+        "diffllama": lambda: T.DiffLlamaForCausalLM(T.DiffLlamaConfig(
+            vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=16)),
+        "xglm": lambda: T.XGLMForCausalLM(T.XGLMConfig(   # scaled sinusoidal positions, padding index
+            vocab_size=32, d_model=16, ffn_dim=32, num_layers=1, attention_heads=2, max_position_embeddings=16)),
+        "falcon_mqa": lambda: T.FalconForCausalLM(T.FalconConfig(
+            vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, multi_query=True,
+            new_decoder_architecture=False, alibi=False, parallel_attn=True)),
+        "jetmoe": lambda: T.JetMoeForCausalLM(T.JetMoeConfig(   # routing with data-dependent sizes
+            vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_key_value_heads=2,
+            kv_channels=8, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=16)),
+    }
+
+
+@pytest.mark.parametrize("name,groups", [("diffllama", [4, 4, 16, 32]), ("xglm", [2, 8, 8, 32]),
+                                         ("falcon_mqa", [4, 16, 64]), ("jetmoe", None)])
+def test_hf_models(name, groups):
+    def build():
+        torch.manual_seed(0)
+        m = _hf_cases()[name]().eval()
+        with torch.no_grad():   # away from zero-initialised biases and heads
+            for p in m.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+        return m
+    ids = (torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(0)),)
+    other = [(torch.randint(0, 30, (3, 9), generator=torch.Generator().manual_seed(1)),)]
+    ws = space(build(), ids)
+    ws.verify(build(), ids, shapes=other, n=3)
+    if groups is not None:
+        assert sorted(g.size for g in ws.groups) == groups
