@@ -956,9 +956,10 @@ def run_chunk(seeds):
             failures.append(problem)
     assert not failures, f"{len(failures)} of {len(seeds)} random models have false symmetries:\n" + \
         "\n".join(failures)
-    # the property is not vacuous: most models have neuron groups to check (some lose them
-    # soundly, e.g. to a constant index list that repeats channels)
-    assert with_groups >= 0.5 * len(seeds), f"only {with_groups} of {len(seeds)} models have neuron groups"
+    # the property is not vacuous: many models have neuron groups to check (some have none,
+    # soundly: hidden features returned as an output, a constant index list that repeats
+    # channels; 4 of 10 in the worst chunk of 800)
+    assert with_groups >= 0.3 * len(seeds), f"only {with_groups} of {len(seeds)} models have neuron groups"
 
 
 @pytest.mark.parametrize("chunk", range(DEFAULT_CHUNKS))
