@@ -743,3 +743,20 @@ class WeightSpace:
         from .verify import verify
         return verify(self, model, example_inputs, n=n, shapes=shapes, rtol=rtol,
                       generator=generator, kwargs=kwargs)
+
+    # -- pruning -------------------------------------------------------------------------------
+    def prune(self, model: nn.Module, keep: Mapping[int, Any], example_inputs: Any = None, *,
+              kwargs: dict | None = None) -> nn.Module:
+        """A copy of ``model`` keeping neurons ``keep[g]`` (old indices) of each group ``g``
+        given, with its modules rebuilt at their new sizes; ``model`` is not modified.
+        See :func:`metanet.prune.prune_model`."""
+        from ..prune import prune_model
+        return prune_model(self, model, keep, example_inputs, kwargs=kwargs)
+
+    # -- alignment -----------------------------------------------------------------------------
+    def align(self, sd_a: Mapping[str, torch.Tensor], sd_b: Mapping[str, torch.Tensor],
+              method: str = "weights", **kwargs) -> Permutation:
+        """The permutation P with ``self.permute(sd_b, P)`` closest to ``sd_a`` (weight or
+        activation matching); see :func:`metanet.space.align.align` for the options."""
+        from .align import align
+        return align(self, sd_a, sd_b, method=method, **kwargs)
