@@ -1,0 +1,292 @@
+"""metanet.prune: structured pruning by neuron groups.
+
+What is checked: removing neurons whose outgoing weights are zero keeps the outputs
+(exactly, with integer-valued float64 weights; to float tolerance for attention heads),
+with a control where the weights are not zero and the outputs change; parameter and
+FLOP counts equal a hand computation; pruning runs and shrinks residual, depthwise with
+squeeze-excitation, concatenation and transformer models (whole heads, MLP neurons) and
+Hugging Face models; the pruned model saves, reloads into a fresh instance and runs;
+refusals leave the model untouched.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from archs import ARCHS, flatten_outputs
+from metanet.prune import PruneError, count_flops, group_norms, keep_top, load, prune, prune_model, save, scores_for
+from metanet.prune.core import _positions
+from metanet.space import WeightSpace
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def _space(name):
+    model, inputs = ARCHS[name]()
+    return model, inputs, WeightSpace.of(model, inputs)
+
+
+def _outputs(model, inputs):
+    with torch.no_grad():
+        return flatten_outputs(model(*inputs))
+
+
+def _zero_outgoing(ws, model, gid, removed):
+    """Zero, in place, every weight that reads neurons ``removed`` of group ``gid`` (axes
+    whose edge role is "in")."""
+    sd = model.state_dict()
+    removed = torch.as_tensor(removed)
+    n = 0
+    with torch.no_grad():
+        for name, axis in ws.group_axes(gid):
+            if ws.spaces.roles.get(name, {}).get(axis) != "in":
+                continue
+            pos = _positions(ws.axes(name)[axis], ws.spaces.sizes, ws.groups[gid].space)
+            hit = torch.isin(pos, removed).nonzero().flatten()
+            sd[name].index_fill_(axis, hit, 0.0)
+            n += 1
+    assert n, f"group {gid} has no outgoing weights"
+
+
+def _integer_weights(model):
+    """float64 copy with small integer weights: every sum is exact in any order."""
+    model = model.double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randint(-3, 4, p.shape, generator=g).double())
+    return model
+
+
+def _group_named(ws, prefix):
+    return next(g.id for g in ws.groups if g.name.startswith(prefix))
+
+
+# -- removing dead neurons is exact ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mlp_relu", "small_cnn"])
+def test_removing_neurons_with_zero_outgoing_weights_is_exact(name):
+    model, inputs = ARCHS[name]()
+    model = _integer_weights(model)
+    inputs = tuple(torch.randint(-2, 3, x.shape).double() for x in inputs)
+    ws = WeightSpace.of(model, inputs)
+    gid = ws.groups[0].id
+    removed = [1, 2, 5]
+    keep = {gid: [i for i in range(ws.groups[gid].size) if i not in removed]}
+
+    # control: the neurons matter while their outgoing weights are not zero
+    live = prune_model(ws, model, keep, inputs)
+    assert not torch.equal(_outputs(live, inputs)[0], _outputs(model, inputs)[0])
+
+    _zero_outgoing(ws, model, gid, removed)
+    pruned = prune_model(ws, model, keep, inputs)
+    assert torch.equal(_outputs(pruned, inputs)[0], _outputs(model, inputs)[0])
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,prefix", [("hf_bert", "bert.encoder.layer.0.attention.self.query.weight[0]"),
+                                         ("hf_gpt2", "transformer.h.0.attn.c_attn.weight[1]")])
+def test_removing_a_head_with_zero_output_weights_keeps_outputs(name, prefix):
+    model, inputs, ws = _space(name)
+    heads = next(g.id for g in ws.groups if g.name == prefix and g.size == 2)   # 2 heads
+    _zero_outgoing(ws, model, heads, [0])
+    pruned = prune_model(ws, model, {heads: [1]}, inputs)
+    torch.testing.assert_close(_outputs(pruned, inputs)[0], _outputs(model, inputs)[0], rtol=1e-5, atol=1e-6)
+    attn = [m for m in pruned.modules() if hasattr(m, "num_heads") or hasattr(m, "num_attention_heads")]
+    counts = sorted(getattr(m, "num_heads", getattr(m, "num_attention_heads", None)) for m in attn)
+    assert counts == [1, 2]   # layer 0 lost a whole head, layer 1 did not
+
+
+# -- counts --------------------------------------------------------------------------------------------
+def test_mlp_counts_match_hand_computation():
+    model, inputs, ws = _space("mlp_relu")            # 6 -> 8 -> 8 -> 3, batch 2
+    a, b = 5, 3
+    res = prune(model, inputs, keep={0: [0, 2, 3, 4, 7], 1: [1, 4, 6]}, latency=False)
+    B = inputs[0].shape[0]
+    assert res.before.params == (6 * 8 + 8) + (8 * 8 + 8) + (8 * 3 + 3)
+    assert res.after.params == (6 * a + a) + (a * b + b) + (b * 3 + 3)
+    assert res.before.flops == 2 * B * (6 * 8 + 8 * 8 + 8 * 3)
+    assert res.after.flops == 2 * B * (6 * a + a * b + b * 3)
+    assert res.groups == {0: (8, 5), 1: (8, 3)}
+    assert res.model.net[0].out_features == a and res.model.net[2].in_features == a
+
+
+def test_cnn_counts_match_hand_computation():
+    model, inputs, ws = _space("small_cnn")           # 1 -> 16 -> 16 -> 16 convs 3x3, 8x8 input; fc to 10
+    c1, c2, c3 = 7, 9, 4
+    res = prune(model, inputs, keep={0: range(c1), 1: range(3, 3 + c2), 2: [0, 5, 10, 15]}, latency=False)
+    B = inputs[0].shape[0]
+
+    def params(c1, c2, c3):
+        return (9 * c1 + c1) + (c1 * 9 * c2 + c2) + (c2 * 9 * c3 + c3) + (c3 * 10 + 10)
+
+    def flops(c1, c2, c3):   # output maps 6x6, 4x4, 2x2
+        return 2 * B * (36 * c1 * 9 + 16 * c2 * c1 * 9 + 4 * c3 * c2 * 9 + c3 * 10)
+
+    assert (res.before.params, res.before.flops) == (params(16, 16, 16), flops(16, 16, 16))
+    assert (res.after.params, res.after.flops) == (params(c1, c2, c3), flops(c1, c2, c3))
+    assert res.flops_reduction == pytest.approx(flops(16, 16, 16) / flops(c1, c2, c3))
+
+
+# -- criteria --------------------------------------------------------------------------------------------
+def test_magnitude_is_the_norm_over_every_tensor_of_the_group():
+    model, inputs, ws = _space("mlp_relu")
+    w1, b1, w2 = model.net[0].weight, model.net[0].bias, model.net[2].weight
+    want = (w1.pow(2).sum(1) + b1.pow(2) + w2.pow(2).sum(0)).sqrt().double()
+    torch.testing.assert_close(group_norms(ws, model.state_dict())[0], want)
+    with torch.no_grad():
+        w1[[2, 5]] *= 100
+    keep = keep_top(ws, scores_for(ws, model, "magnitude"), 0.75, groups=[0])
+    assert keep[0].tolist() == [2, 5]
+
+
+def test_learned_and_random_scores():
+    model, inputs, ws = _space("mlp_relu")
+    learned = {1: torch.tensor([0.0, 9, 1, 8, 2, 7, 3, 6])}
+    res = prune(model, inputs, learned, ratio=0.5, latency=False)
+    assert res.keep[1].tolist() == [1, 3, 5, 7] and 0 not in res.keep    # unscored groups stay
+    a = prune(model, inputs, "random", ratio=0.5, generator=torch.Generator().manual_seed(3), latency=False)
+    b = prune(model, inputs, "random", ratio=0.5, generator=torch.Generator().manual_seed(3), latency=False)
+    assert all(torch.equal(a.keep[g], b.keep[g]) for g in a.keep) and len(a.keep) == 2
+    with pytest.raises(PruneError, match="has 8 neurons"):
+        prune(model, inputs, {0: torch.ones(3)}, ratio=0.5)
+    with pytest.raises(PruneError, match="unknown criterion"):
+        prune(model, inputs, "taylor", ratio=0.5)
+
+
+def test_speedup_target_is_reached():
+    model, inputs = ARCHS["small_cnn"]()
+    res = prune(model, inputs, "magnitude", speedup=2.0, latency=False)
+    assert res.flops_reduction >= 2.0
+    assert res.flops_reduction < 3.0     # the smallest ratio that reaches it, not everything
+
+
+# -- architectures ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["resnet_basic", "resnet_bottleneck", "mobilenetv2_se", "depthwise_grouped",
+                                  "densenet", "hf_gpt2", "hf_bert", "hf_vit", "gru"])
+def test_prunes_architecture(name):
+    model, inputs, ws = _space(name)
+    ref = _outputs(model, inputs)
+    res = prune(model, inputs, "magnitude", ratio=0.5, ws=ws, latency=False)
+    assert set(res.keep) == {g.id for g in ws.groups}
+    assert res.after.params < res.before.params and res.after.flops < res.before.flops
+    out = _outputs(res.model, inputs)
+    assert [o.shape for o in out[:1]] == [r.shape for r in ref[:1]]
+    assert torch.isfinite(out[0]).all()
+    # every tensor carrying a group shrank together: the pruned model's weight space has
+    # the new sizes, group for group
+    small = WeightSpace.of(res.model, inputs)
+    assert sorted(g.size for g in small.groups if g.size > 1) == \
+        sorted(new for old, new in res.groups.values() if new > 1)
+
+
+def test_depthwise_groups_shrink_with_channels():
+    model, inputs, ws = _space("mobilenetv2_se")
+    res = prune(model, inputs, "l1", ratio=0.5, ws=ws, latency=False)
+    dw = [m for m in res.model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert dw and all(m.groups == m.in_channels == m.out_channels for m in dw)
+    assert all(m.out_channels < o.out_channels for m, o in
+               zip(dw, [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]))
+
+
+def test_concatenation_shrinks_per_block():
+    model, inputs, ws = _space("densenet")
+    res = prune(model, inputs, "magnitude", ratio=0.5, ws=ws, latency=False)
+    old = {k: v.shape for k, v in model.state_dict().items()}
+    new = {k: v.shape for k, v in res.model.state_dict().items()}
+    grew = [k for k in old if k.endswith("weight") and len(old[k]) == 4 and new[k][1] < old[k][1]]
+    assert grew, "some convolution reading a concatenation lost input channels"
+    for k in grew:   # every block of the concatenation is halved
+        assert new[k][1] * 2 == old[k][1]
+
+
+def test_transformer_mlp_neurons_and_multihead_attention_refusal():
+    model, inputs, ws = _space("transformer_encoder")
+    mlp = [g.id for g in ws.groups if ".linear1." in g.name]
+    res = prune(model, inputs, "magnitude", ratio=0.5, groups=mlp, ws=ws, latency=False)
+    assert [layer.linear1.out_features for layer in res.model.encoder.layers] == [8, 8]
+    assert _outputs(res.model, inputs)[0].shape == _outputs(model, inputs)[0].shape
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PruneError, match="MultiheadAttention uses one size"):
+        prune(model, inputs, "magnitude", ratio=0.5, ws=ws, latency=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+# -- saving and loading --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["resnet_basic", "hf_gpt2"])
+def test_pruned_model_saves_and_reloads(name, tmp_path):
+    model, inputs, ws = _space(name)
+    res = prune(model, inputs, "magnitude", ratio=0.5, ws=ws, latency=False)
+    path = tmp_path / "pruned.safetensors"
+    save(res.model, path, keep=res.keep)
+    fresh, _ = ARCHS[name]()   # a fresh instance of the original architecture
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)        # different weights: they must come from the file
+    back = load(fresh, inputs, path)
+    torch.testing.assert_close(_outputs(back, inputs)[0], _outputs(res.model, inputs)[0])
+    # and into the pruned module itself
+    from safetensors.torch import load_model
+    again = prune_model(ws, fresh, res.keep, inputs)
+    load_model(again, str(path))
+    torch.testing.assert_close(_outputs(again, inputs)[0], _outputs(res.model, inputs)[0])
+
+
+# -- refusals -------------------------------------------------------------------------------------------------
+class HardCodedView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.view(x.shape[0], 16, -1).mean(-1))   # 16: the channel count, hard-coded
+
+
+class Scale(nn.Module):   # a module type the resize table does not know
+    def __init__(self, n):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def test_hard_coded_size_is_refused_and_model_untouched():
+    torch.manual_seed(0)
+    model, inputs = HardCodedView().eval(), (torch.randn(2, 3, 8, 8),)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    with pytest.raises(PruneError, match=r"fails on the example inputs.*group.*conv\.weight"):
+        prune(model, inputs, "magnitude", ratio=0.5)
+    assert model.conv.out_channels == 16 and list(model.parameters()) == params
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_unknown_module_type_without_inputs_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), Scale(6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    inputs = (torch.randn(2, 4),)
+    ws = WeightSpace.of(model, inputs)
+    with pytest.raises(PruneError, match=r"cannot rebuild 1 \(Scale\).*not in the resize table"):
+        ws.prune(model, {0: [0, 1, 2]})
+    assert model[1].gain.shape == (6,)
+    # given example inputs, the pruned model is run and checked instead, and it works
+    pruned = ws.prune(model, {0: [0, 1, 2]}, inputs)
+    assert pruned[1].gain.shape == (3,) and pruned(*inputs).shape == (2, 2)
+
+
+def test_bad_plans_are_refused():
+    model, inputs, ws = _space("mlp_relu")
+    with pytest.raises(PruneError, match="keeps no neuron"):
+        prune_model(ws, model, {0: []})
+    with pytest.raises(PruneError, match="distinct indices in 0..7"):
+        prune_model(ws, model, {0: [0, 8]})
+    with pytest.raises(PruneError, match="names group 9"):
+        prune_model(ws, model, {9: [0]})
+    with pytest.raises(PruneError, match="exactly one of"):
+        prune(model, inputs, ratio=0.5, speedup=2.0)
+    assert count_flops(prune_model(ws, model, {0: range(8)}), inputs) == count_flops(model, inputs)
