@@ -290,3 +290,19 @@ def test_bad_plans_are_refused():
     with pytest.raises(PruneError, match="exactly one of"):
         prune(model, inputs, ratio=0.5, speedup=2.0)
     assert count_flops(prune_model(ws, model, {0: range(8)}), inputs) == count_flops(model, inputs)
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+def test_prune_command(tmp_path, capsys):
+    from metanet.cli import main
+    from metanet.examples import EXAMPLES
+
+    out = tmp_path / "p.safetensors"
+    assert main(["prune", "--model", "cnn", "--speedup", "2", "--no-latency", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "FLOPs" in text and "reduction" in text and "group   0:" in text
+    model, inputs = EXAMPLES["cnn"]()
+    pruned = load(model, inputs, out)
+    assert count_flops(model, inputs) >= 2 * count_flops(pruned, inputs)
+    assert main(["prune", "--model", "cnn", "--ratio", "1.5"]) == 2
+    assert "--ratio must be in (0, 1)" in capsys.readouterr().err

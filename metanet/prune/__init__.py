@@ -5,9 +5,9 @@
 >>> result.model, result.before, result.after
 """
 from .core import (CRITERIA, Counts, PruneResult, check_keep, count, count_flops, count_params, group_norms,
-                   keep_top, load, measure_latency, prune, prune_model, save, scores_for)
+                   keep_top, load, measure_latencies, measure_latency, prune, prune_model, save, scores_for)
 from .modules import RESIZERS, PruneError, ResizeContext, Resizer, register_resizer
 
 __all__ = ["prune", "prune_model", "PruneResult", "PruneError", "Counts", "CRITERIA", "scores_for",
            "group_norms", "keep_top", "check_keep", "count", "count_params", "count_flops",
-           "measure_latency", "save", "load", "register_resizer", "Resizer", "ResizeContext", "RESIZERS"]
+           "measure_latency", "measure_latencies", "save", "load", "register_resizer", "Resizer", "ResizeContext", "RESIZERS"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -382,7 +382,7 @@ def _check_runs(original: nn.Module, pruned: nn.Module, inputs: tuple, kwargs: d
 class Counts:
     """Size and cost of a model: parameters (distinct tensors), FLOPs of one forward pass on
     the example inputs (torch.utils.flop_counter: 2 per multiply-add of matmuls and
-    convolutions) and median latency in milliseconds (None when not measured)."""
+    convolutions) and latency in milliseconds (best of 20 runs) (None when not measured)."""
 
     params: int
     flops: int
@@ -404,16 +404,27 @@ def count_flops(model: nn.Module, example_inputs: Any, kwargs: dict | None = Non
 
 def measure_latency(model: nn.Module, example_inputs: Any, kwargs: dict | None = None, *,
                     repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one forward pass, in milliseconds (eval mode, no grad)."""
+    """Best wall time of one forward pass over ``repeats`` runs, in milliseconds (eval
+    mode, no grad). The minimum, as ``timeit`` advises: on a shared machine the slower
+    runs measure the other processes."""
+    return measure_latencies([model], example_inputs, kwargs, repeats=repeats, warmup=warmup)[0]
+
+
+def measure_latencies(models: Sequence[nn.Module], example_inputs: Any, kwargs: dict | None = None, *,
+                      repeats: int = 20, warmup: int = 3) -> list[float]:
+    """:func:`measure_latency` of several models, measured in interleaved rounds so that a
+    burst of load elsewhere hits all of them alike."""
     inputs, kwargs = _as_inputs(example_inputs), kwargs or {}
-    for _ in range(warmup):
-        _run(model, inputs, kwargs)
-    times = []
+    for m in models:
+        for _ in range(warmup):
+            _run(m, inputs, kwargs)
+    best = [math.inf] * len(models)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        _run(model, inputs, kwargs)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        for i, m in enumerate(models):
+            t0 = time.perf_counter()
+            _run(m, inputs, kwargs)
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return [1e3 * b for b in best]
 
 
 def count(model: nn.Module, example_inputs: Any, kwargs: dict | None = None, *, latency: bool = True,
@@ -488,8 +499,8 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
     ws = _space(model, inputs, kwargs, ws)
     if not ws.groups:
         raise PruneError("this model has no neuron groups (every axis is fixed): nothing can be pruned")
-    say("counting parameters, FLOPs" + (" and latency" if latency else "") + " before pruning")
-    before = count(model, inputs, kwargs, latency=latency)
+    say("counting parameters and FLOPs before pruning")
+    before = count(model, inputs, kwargs, latency=False)
     chosen = None
     if keep is None:
         say(f"scoring neurons ({criterion if isinstance(criterion, str) else 'given scores'})")
@@ -506,8 +517,11 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
         keep = check_keep(ws, keep)
     say(f"pruning {len(keep)} of {len(ws.groups)} groups and rebuilding modules")
     pruned = prune_model(ws, model, keep, inputs, kwargs=kwargs)
-    say("counting after pruning")
-    after = count(pruned, inputs, kwargs, latency=latency)
+    say("counting after pruning" + (", measuring latency before and after" if latency else ""))
+    after = count(pruned, inputs, kwargs, latency=False)
+    if latency:
+        t_before, t_after = measure_latencies([model, pruned], inputs, kwargs)
+        before, after = (Counts(before.params, before.flops, t_before), Counts(after.params, after.flops, t_after))
     return PruneResult(pruned, keep, before, after, chosen if chosen is not None else
                        (ratio if isinstance(ratio, float) else None),
                        {g: (ws.groups[g].size, int(idx.numel())) for g, idx in keep.items()})

@@ -1,0 +1,163 @@
+"""``metanet prune``: structured pruning of a model by its neuron groups.
+
+    metanet prune --model small_cnn --speedup 2 --out pruned.safetensors
+    metanet prune --model path/to/file.py:make_model --weights trained.safetensors --ratio 0.3
+    metanet prune --model mypkg.models:make_model --criterion random --seed 1 --speedup 3 --out p.safetensors
+
+The pruned weights are saved as safetensors with the pruning plan (the neurons kept per
+group) in the file's metadata; ``metanet.prune.load(model, example_inputs, FILE)``
+rebuilds the pruned model from a fresh instance of the original architecture.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .convert import UsageError, _build, _load_factory
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers) -> None:
+    from ..examples import EXAMPLES
+
+    p = subparsers.add_parser(
+        "prune",
+        help="remove neurons group by group (magnitude, random): a smaller, faster model",
+        description=(
+            "Trace a model, find its neuron groups (the tensor axes that must shrink together: "
+            "residual streams, heads, concatenation blocks, depthwise channels), score every "
+            "neuron, remove the lowest-scoring ones of each group and rebuild the modules at "
+            "their new sizes. Prints parameters, FLOPs and latency before and after."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=("a model is a built-in example (" + ", ".join(EXAMPLES) + "), a zoo model name, or 'module.path:factory' / "
+                "'file.py:factory' where the factory takes no arguments and returns "
+                "(model, example_inputs)"),
+    )
+    p.add_argument("--model", required=True, metavar="SPEC", help="the model to prune (see below)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="load these weights first (.safetensors, or .pt/.pth read with weights_only=True)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--speedup", type=float, metavar="X",
+                        help="target FLOP reduction, e.g. 2 (the smallest uniform ratio that reaches it)")
+    target.add_argument("--ratio", type=float, metavar="R", help="fraction of every group's neurons removed")
+    p.add_argument("--criterion", default="magnitude", choices=["magnitude", "l1", "l2", "random"],
+                   help="neuron score: magnitude (= l2 norm over every tensor of the group; default), l1, random")
+    p.add_argument("--metanet", metavar="CKPT",
+                   help="meta pruning with a trained metanetwork (not available yet)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --criterion random (default 0)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--out", metavar="FILE", help="write the pruned weights and plan here (.safetensors)")
+    p.set_defaults(func=run)
+
+
+def _model(spec: str):
+    """(model, example_inputs) for --model: a built-in example (first, as in ``metanet
+    convert``), a zoo model, or a factory."""
+    from torch import nn
+
+    from ..examples import EXAMPLES
+
+    try:
+        from zoo.models import create, list_models
+        if spec not in EXAMPLES and spec in list_models():
+            m = create(spec)
+            return m.eval(), (m.example_input(),)
+    except ImportError:
+        pass
+    factory, name = _load_factory(spec)
+    try:
+        out = factory()
+    except Exception as err:
+        raise UsageError(f"--model {spec!r}: calling the factory failed: {type(err).__name__}: {err}") from err
+    if isinstance(out, nn.Module):
+        raise UsageError(f"--model {spec!r} returns a model without example inputs; the factory must return "
+                         f"(model, example_inputs)")
+    return _build(lambda: out, name)
+
+
+def _load_weights(model, path: str) -> None:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--weights: no such file {path!r}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(p))
+    elif p.suffix in (".pt", ".pth", ".bin"):
+        try:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise UsageError(f"--weights {path!r} cannot be read with weights_only=True ({type(err).__name__}); "
+                             f"it needs pickle, which is not run on files: save model.state_dict() with "
+                             f"torch.save or safetensors") from None
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+    else:
+        raise UsageError(f"--weights {path!r}: expected a .safetensors, .pt or .pth file")
+    try:
+        model.load_state_dict(sd)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"--weights {path!r} does not fit --model: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UsageError as err:
+        print(f"metanet prune: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..prune import PruneError, prune, save
+    from ..trace import TraceError
+
+    if args.metanet:
+        raise UsageError("--metanet: meta pruning is not available yet; use --criterion magnitude")
+    if args.speedup is not None and not args.speedup > 1:
+        raise UsageError(f"--speedup must be > 1, got {args.speedup}")
+    if args.ratio is not None and not 0 < args.ratio < 1:
+        raise UsageError(f"--ratio must be in (0, 1), got {args.ratio}")
+    if args.out and Path(args.out).suffix != ".safetensors":
+        raise UsageError(f"--out {args.out!r}: the pruned model is written as .safetensors")
+    model, inputs = _model(args.model)
+    if args.weights:
+        _load_weights(model, args.weights)
+
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+
+    try:
+        res = prune(model, inputs, args.criterion, speedup=args.speedup, ratio=args.ratio,
+                    generator=torch.Generator().manual_seed(args.seed), latency=not args.no_latency,
+                    progress=say)
+    except (TraceError, TypeError) as err:
+        raise UsageError(f"--model {args.model!r}: {err}") from err
+    except PruneError as err:
+        print(f"metanet prune: refused: {err}", file=sys.stderr)
+        return EXIT_FAIL
+
+    if res.ratio is not None:
+        print(f"ratio: {res.ratio:.3f} of each group's neurons removed")
+    print("groups (neurons before -> after):")
+    from ..space import WeightSpace
+    ws = WeightSpace.of(model, inputs)
+    for g, (old, new) in sorted(res.groups.items()):
+        print(f"  group {g:3d}: {old:5d} -> {new:5d}  {ws.groups[g].name}")
+    print(res.table())
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        save(res.model, tmp, keep=res.keep)
+        tmp.replace(out)
+        print(f"wrote {out} (rebuild with metanet.prune.load(model, example_inputs, {str(out)!r}))")
+    return EXIT_OK
