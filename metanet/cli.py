@@ -17,6 +17,8 @@ SUBCOMMAND_MODULES = [
     "metanet.commands.train",
     "metanet.commands.predict_init",
     "metanet.commands.metanets",
+    "metanet.commands.prune",
+    "metanet.commands.align",
 ]
 
 
