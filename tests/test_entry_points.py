@@ -239,6 +239,8 @@ def test_scale_keeps_every_dtype_and_rounds_once(relu, tanh, dtype):
     # as exact as the dtype allows: the float64 result rounded once
     exact = ws.scale({k: v.double() for k, v in sd.items()}, s)
     assert_equal_dicts(out, {k: v.to(dtype) for k, v in exact.items()})
+    with pytest.raises(StateDictError, match=r"'0\.weight' has dtype torch\.int32: scaling needs floating-point"):
+        ws.scale({**sd, "0.weight": sd["0.weight"].to(torch.int32)}, s)
     # sign flips are exact in every dtype
     m, ws = tanh
     sd = {k: v.to(dtype) for k, v in m.state_dict().items()}

@@ -675,6 +675,9 @@ class WeightSpace:
                 shape[axis + int(batched)] = f.shape[-1]
                 f = f.reshape(shape)
                 m = f if m is None else m * f
+            if m is not None and not v.is_floating_point():
+                raise StateDictError(f"{k!r} has dtype {v.dtype}: scaling needs floating-point weights "
+                                     f"(the traced model's is {self.dtypes[k]})")
             out[k] = v if m is None else (v.double() * m.to(v.device)).to(v.dtype)
         return _with_metadata(out, state_dict, self)
 
