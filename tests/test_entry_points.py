@@ -125,6 +125,11 @@ def test_graphs_of_a_list_of_state_dicts_says_how_to_stack(relu):
     with pytest.raises(TypeError, match=r"graphs\(\) takes one stacked state dict \{name: Tensor\[B, \.\.\.\]\}, "
                                         r"got a list of 3 items"):
         ws.graphs([m.state_dict()] * 3)
+    two = stack([m.state_dict()] * 2)
+    with pytest.raises(StateDictError, match=r"ragged batch: '2\.bias' stacks 3 checkpoints"):
+        ws.graphs({**two, "2.bias": torch.zeros(3, 8)})
+    with pytest.raises(StateDictError, match="that is one checkpoint"):
+        ws.graphs(m.state_dict())
 
 
 def test_a_permutation_is_not_a_scaling_and_back(relu):
