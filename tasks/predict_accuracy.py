@@ -54,6 +54,7 @@ class AccuracyConfig:
     layers: int = 3
     seed: int = 0
     max_train: int | None = None      # cap on training checkpoints (smoke runs)
+    preload: bool = True              # read a split of one architecture into memory once
     progress: bool = True
 
 
@@ -146,6 +147,35 @@ def zoo_batches(zoo, batch_size: int, layout: str = "compact", *, target: str | 
         yield graphs, y
 
 
+class Preloaded:
+    """A zoo view of one parameter-graph structure read into memory once (in chunks),
+    then served as SharedBatches by indexing: for zoos whose weights fit in memory, it
+    saves re-reading the shards every epoch."""
+
+    def __init__(self, zoo, layout: str, target: str | None, target_fn: Callable | None, chunk: int = 512):
+        groups = _by_arch(zoo, range(len(zoo)))
+        if len(groups) != 1:
+            raise ValueError("Preloaded needs a zoo view of one architecture")
+        self.ws = zoo.weight_space(0)
+        self.layout = layout
+        parts = [zoo.stacked(range(a, min(a + chunk, len(zoo)))) for a in range(0, len(zoo), chunk)]
+        self.stacked = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        self.y = target_fn(zoo) if target_fn is not None else (zoo.targets(target) if target else None)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.stacked.values())))
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0):
+        from metanet.graph import SharedBatch
+
+        n = len(self)
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(n)) if shuffle else torch.arange(n)
+        for a in range(0, n, batch_size):
+            idx = order[a:a + batch_size]
+            sb = SharedBatch.of(self.ws, {k: v[idx] for k, v in self.stacked.items()}, self.layout, check=False)
+            yield sb, (None if self.y is None else self.y[idx])
+
+
 # ----------------------------------------------------------------------------- model
 def build_model(kind: str, zoo, *, layout: str, hidden: int, layers: int, out_dim: int):
     """A fresh metanetwork of ``kind`` sized for the architectures of ``zoo``."""
@@ -197,8 +227,10 @@ def _regression_scores(pred, y) -> dict:
 
 
 def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callable | None = None,
-        split_by: str = "job", plot_fn: Callable | None = None) -> Result:
-    """The training loop shared by the metanetwork tasks (see the module docstring)."""
+        split_by: str = "job", plot_fn: Callable | None = None, model: torch.nn.Module | None = None) -> Result:
+    """The training loop shared by the metanetwork tasks (see the module docstring).
+    ``model``: a ready metanetwork instead of ``config.model`` (e.g. a baseline from
+    another package; it needs ``fit_normalization`` and ``save_pretrained``)."""
     from tqdm.auto import tqdm
     from zoo import Zoo
 
@@ -215,13 +247,21 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
         train = train.subset(np.random.default_rng(config.seed).permutation(len(train))[:config.max_train].tolist())
     tgt = None if target_fn is not None else config.target
 
+    cache: dict[int, Preloaded] = {}
+
     def batches(view, shuffle=False, epoch=0):
+        seed = config.seed * 1000 + epoch
+        if config.preload and len(_by_arch(view, range(len(view)))) == 1:
+            if id(view) not in cache:
+                cache[id(view)] = Preloaded(view, config.layout, tgt, target_fn)
+            return cache[id(view)].batches(config.batch_size, shuffle, seed)
         return zoo_batches(view, config.batch_size, config.layout, target=tgt, target_fn=target_fn,
-                           shuffle=shuffle, seed=config.seed * 1000 + epoch)
+                           shuffle=shuffle, seed=seed)
 
     # model, with its input statistics from (a few) training batches
-    model = build_model(config.model, train, layout=config.layout, hidden=config.hidden,
-                        layers=config.layers, out_dim=out_dim)
+    if model is None:
+        model = build_model(config.model, train, layout=config.layout, hidden=config.hidden,
+                            layers=config.layers, out_dim=out_dim)
     model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -256,6 +296,7 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
         # checkpoint: the best by the validation score, explicitly tracked
         if not math.isnan(scores[key]) and scores[key] > best:
             best, best_epoch = scores[key], epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.save_pretrained(str(out / "best"))
             (out / "best" / "task.json").write_text(json.dumps(
                 {"model": config.model, "epoch": best_epoch, "config": asdict(config), "val": scores}, indent=1))
@@ -263,8 +304,9 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
             print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4g}, val {key} {scores[key]:.4f}")
     log.close()
     # test once, with the best model
-    best_model, _ = load_model(out / "best")
-    pred, y = predict(best_model, batches(test))
+    if best_epoch > 0:
+        model.load_state_dict(best_state)
+    pred, y = predict(model, batches(test))
     test_scores = scores_fn(pred, y)
     val_scores = history[best_epoch - 1] if best_epoch > 0 else {}
     (out / "result.json").write_text(json.dumps({"best_epoch": best_epoch, "test": test_scores,

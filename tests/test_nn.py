@@ -187,3 +187,29 @@ def test_save_and_load_give_identical_outputs(kind, tmp_path):
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
     again = type(net).from_pretrained(tmp_path)
     torch.testing.assert_close(again(sb), net(sb), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,kind,sample", [("mlp_relu", "scale", "sample_scaling"),
+                                              ("small_cnn", "scale", "sample_scaling"),
+                                              ("mlp_tanh", "sign", "sample_sign_flip"),
+                                              ("siren", "sign", "sample_sign_flip")])
+def test_scale_and_sign_aware_gmn(name, kind, sample):
+    ws, _ = space(name)
+    stacked = double(stack(name))
+    rescaled = ws.scale(stacked, getattr(ws, sample)(torch.Generator().manual_seed(0)), batched=True)
+    assert any(not torch.equal(rescaled[k], stacked[k]) for k in ws.weights)
+    _, permuted_ = permuted(name, stacked)
+    lay = ws.layout("compact")
+
+    def batch(sd):
+        return SharedBatch(lay, lay._fill(lambda k: sd[k], 3, None))
+
+    torch.manual_seed(0)
+    aware = GMN(in_width=lay.width, hidden=16, layers=2, canonical=kind)
+    plain = GMN(in_width=lay.width, hidden=16, layers=2)
+    torch.testing.assert_close(aware(batch(rescaled)), aware(batch(stacked)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(aware(batch(permuted_)), aware(batch(stacked)), rtol=1e-4, atol=1e-5)
+    # the control: without canonical forms the same model tells the rescaled network apart
+    assert (plain(batch(rescaled)) - plain(batch(stacked))).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="reads a SharedBatch"):
+        aware(ws.graphs(stack(name)))

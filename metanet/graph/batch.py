@@ -62,6 +62,15 @@ class SharedBatch:
         return ws.layout(layout, width).shared(stacked, check=check)
 
     @property
+    def space(self):
+        """The :class:`~metanet.WeightSpace` of the checkpoints."""
+        return self._layout.ws
+
+    def with_state_dicts(self, stacked) -> "SharedBatch":
+        """The same layout filled with other stacked checkpoints of the architecture."""
+        return self._layout.shared(stacked)
+
+    @property
     def num_graphs(self) -> int:
         return int(self.edge_attr.shape[0])
 

@@ -12,6 +12,7 @@ Graph models read a PyG Batch of any architectures or a
 model) and saves and loads with ``save_pretrained`` / ``from_pretrained`` (safetensors +
 config.json, ``huggingface_hub.PyTorchModelHubMixin``).
 """
+from .canonical import canonicalize
 from .gmn import GMN, GMNLayer
 from .inputs import GraphEncoder, GraphInput, RoleNorm
 from .nfn import NFN, NPLayer, nfn_spec
@@ -21,4 +22,4 @@ from .statnn import StatNN
 MODELS = {"gmn": GMN, "ngt": NGT, "nfn": NFN, "statnn": StatNN}
 
 __all__ = ["GMN", "GMNLayer", "GraphEncoder", "GraphInput", "MODELS", "NFN", "NGT", "NGTLayer",
-           "NPLayer", "RoleNorm", "StatNN", "nfn_spec"]
+           "NPLayer", "RoleNorm", "StatNN", "canonicalize", "nfn_spec"]

@@ -7,6 +7,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from .canonical import canonicalize
 from .inputs import GraphEncoder, GraphInput, mlp
 
 
@@ -87,11 +88,19 @@ class GMN(nn.Module, PyTorchModelHubMixin):
         hidden: feature size; layers: rounds of message passing; out_dim: invariant
         output size; edge_out (default in_width) / node_out: equivariant head sizes;
         aggr: aggregation.
+        canonical: "scale", "sign" or "both" makes the model invariant (its node and edge
+            heads equivariant) to the positive scalings / sign flips the weight space
+            offers, by reading canonical forms (:func:`metanet.nn.canonicalize`; ScaleGMN's
+            idea); needs a :class:`~metanet.graph.SharedBatch`, which knows its weight space.
     """
 
     def __init__(self, in_width: int = 1, hidden: int = 64, layers: int = 3, out_dim: int = 1,
-                 edge_out: int | None = None, node_out: int = 1, aggr: str = "mean"):
+                 edge_out: int | None = None, node_out: int = 1, aggr: str = "mean",
+                 canonical: str | None = None):
         super().__init__()
+        if canonical not in (None, "scale", "sign", "both"):
+            raise ValueError(f"canonical must be None, 'scale', 'sign' or 'both', got {canonical!r}")
+        self.canonical = canonical
         self.encoder = GraphEncoder(in_width, hidden)
         self.layers = nn.ModuleList(GMNLayer(hidden, aggr) for _ in range(layers))
         self.readout = mlp([4 * hidden, hidden, out_dim])
@@ -109,6 +118,12 @@ class GMN(nn.Module, PyTorchModelHubMixin):
         return self
 
     def encode(self, graphs) -> tuple[GraphInput, Tensor, Tensor]:
+        if self.canonical is not None:
+            if not hasattr(graphs, "space"):
+                raise ValueError(f"GMN(canonical={self.canonical!r}) reads a SharedBatch (it needs the "
+                                 f"weight space to canonicalise); got {type(graphs).__name__}")
+            ws = graphs.space
+            graphs = graphs.with_state_dicts(canonicalize(ws, ws.state_dicts(graphs), self.canonical))
         g = GraphInput.of(graphs)
         x, e = self.encoder(g)
         for layer in self.layers:
