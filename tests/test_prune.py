@@ -86,7 +86,8 @@ def test_removing_neurons_with_zero_outgoing_weights_is_exact(name):
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,prefix", [("hf_bert", "bert.encoder.layer.0.attention.self.query.weight[0]"),
+@pytest.mark.parametrize("name,prefix", [("transformer_encoder", "encoder.layers.0.self_attn.in_proj_weight[0]"),
+                                         ("hf_bert", "bert.encoder.layer.0.attention.self.query.weight[0]"),
                                          ("hf_gpt2", "transformer.h.0.attn.c_attn.weight[1]")])
 def test_removing_a_head_with_zero_output_weights_keeps_outputs(name, prefix):
     model, inputs, ws = _space(name)
@@ -202,16 +203,18 @@ def test_concatenation_shrinks_per_block():
         assert new[k][1] * 2 == old[k][1]
 
 
-def test_transformer_mlp_neurons_and_multihead_attention_refusal():
-    model, inputs, ws = _space("transformer_encoder")
+def test_transformer_heads_and_mlp_neurons():
+    model, inputs, ws = _space("transformer_encoder")    # nn.TransformerEncoder: nn.MultiheadAttention
     mlp = [g.id for g in ws.groups if ".linear1." in g.name]
     res = prune(model, inputs, "magnitude", ratio=0.5, groups=mlp, ws=ws, latency=False)
     assert [layer.linear1.out_features for layer in res.model.encoder.layers] == [8, 8]
-    assert _outputs(res.model, inputs)[0].shape == _outputs(model, inputs)[0].shape
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(PruneError, match="MultiheadAttention uses one size"):
-        prune(model, inputs, "magnitude", ratio=0.5, ws=ws, latency=False)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(type(layer.self_attn) is nn.MultiheadAttention for layer in res.model.encoder.layers)
+    # every group, heads and the model dimension included: attention's inner size (heads x
+    # head dim) then differs from its model dimension, which nn.MultiheadAttention cannot hold
+    res = prune(model, inputs, "magnitude", ratio=0.5, ws=ws, latency=False)
+    attn = [layer.self_attn for layer in res.model.encoder.layers]
+    assert [(a.num_heads, a.head_dim, a.embed_dim) for a in attn] == [(1, 2, 4)] * 2
+    assert res.flops_reduction > 2 and _outputs(res.model, inputs)[0].shape == _outputs(model, inputs)[0].shape
 
 
 # -- saving and loading --------------------------------------------------------------------------------------

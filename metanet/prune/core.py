@@ -397,8 +397,15 @@ def count_flops(model: nn.Module, example_inputs: Any, kwargs: dict | None = Non
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter:
-        _run(model, _as_inputs(example_inputs), kwargs or {})
+    # PyTorch's fused transformer fast path runs as one op the counter does not see: count
+    # the unfused ops instead (same arithmetic)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with counter:
+            _run(model, _as_inputs(example_inputs), kwargs or {})
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return int(counter.get_total_flops())
 
 

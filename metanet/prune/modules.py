@@ -161,30 +161,96 @@ def _embedding(m: nn.Embedding, ctx: ResizeContext) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
 
 
-@register_resizer(nn.MultiheadAttention, ("in_proj_weight", "in_proj_bias", "q_proj_weight",
-                                          "k_proj_weight", "v_proj_weight", "bias_k", "bias_v"))
+class PrunedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose heads x head_dim (``inner_dim``) may differ from its
+    input and output size (``embed_dim``), as after pruning heads or head dims but not the
+    model dimension. Same parameters and state-dict keys; ``scale`` is the attention scale
+    of the original module (1/sqrt(original head_dim)), so that removing head dims keeps the
+    trained function. PyTorch's fused fast path is off for it (``_qkv_same_embed_dim`` is
+    False), and ``bias_k``/``bias_v``/``add_zero_attn`` are not supported."""
+
+    inner_dim: int
+    scale: float
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        import torch.nn.functional as F
+
+        if self.batch_first:
+            query, key, value = (x.transpose(0, 1) if x.dim() == 3 else x for x in (query, key, value))
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        T, B, _ = query.shape
+        S = key.shape[0]
+        I, H = self.inner_dim, self.num_heads
+        w = self.in_proj_weight
+        b = self.in_proj_bias if self.in_proj_bias is not None else None
+        q = F.linear(query, w[:I], None if b is None else b[:I])
+        k = F.linear(key, w[I:2 * I], None if b is None else b[I:2 * I])
+        v = F.linear(value, w[2 * I:], None if b is None else b[2 * I:])
+        # [T, B, H*D] -> [B, H, T, D]
+        q, k, v = (x.reshape(x.shape[0], B, H, -1).permute(1, 2, 0, 3) for x in (q, k, v))
+        mask = None
+        if attn_mask is not None:
+            am = attn_mask if attn_mask.dim() == 2 else attn_mask.reshape(B, H, T, S)
+            mask = (torch.zeros(am.shape, dtype=q.dtype, device=q.device).masked_fill(am, float("-inf"))
+                    if am.dtype == torch.bool else am.to(q.dtype))
+        elif is_causal:
+            mask = torch.full((T, S), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        if key_padding_mask is not None:
+            kp = key_padding_mask.reshape(B, 1, 1, S)
+            kp = (torch.zeros(kp.shape, dtype=q.dtype, device=q.device).masked_fill(kp, float("-inf"))
+                  if kp.dtype == torch.bool else kp.to(q.dtype))
+            mask = kp if mask is None else mask + kp
+        logits = (q @ k.transpose(-2, -1)) * self.scale
+        if mask is not None:
+            logits = logits + mask
+        weights = logits.softmax(-1)
+        attn = F.dropout(weights, self.dropout, self.training)
+        out = (attn @ v).permute(2, 0, 1, 3).reshape(T, B, -1)     # [T, B, H*Dv]
+        out = self.out_proj(out)
+        if not batched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        weights = weights.mean(1) if average_attn_weights else weights
+        return out, (weights.squeeze(0) if not batched else weights)
+
+
+@register_resizer(nn.MultiheadAttention, ("in_proj_weight", "in_proj_bias"))
 def _mha(m: nn.MultiheadAttention, ctx: ResizeContext) -> None:
     # nn.MultiheadAttention computes with one size, embed_dim, for its query input, its
     # heads x head_dim and its output (out_proj is a child Linear, resized on its own).
-    if not m._qkv_same_embed_dim:
-        raise PruneError(f"{ctx.where(m)}: nn.MultiheadAttention with separate kdim/vdim is not supported")
+    # Where pruning makes the inner size differ from the outer one, the module becomes a
+    # PrunedMultiheadAttention (same parameters, a forward that allows both sizes).
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise PruneError(f"{ctx.where(m)}: nn.MultiheadAttention with separate kdim/vdim, bias_k/bias_v or "
+                         f"add_zero_attn is not supported; leave its groups out (groups=...)")
     three_inner, outer = m.in_proj_weight.shape
     inner = three_inner // 3
     o_out, o_in = m.out_proj.weight.shape
-    if not inner == outer == o_out == o_in:
-        raise PruneError(
-            f"{ctx.where(m)}: nn.MultiheadAttention uses one size (embed_dim) for its input, its "
-            f"heads x head_dim and its output, but pruning would make them {outer}, {inner} and {o_out}. "
-            f"Leave its head groups and the model dimension out of the pruning (groups=...), or prune "
-            f"them all together, or use an attention module whose projections are separate Linears")
-    old_e = ctx.old_shapes["in_proj_weight"][1]
+    if o_out != outer or o_in != inner:
+        raise PruneError(f"{ctx.where(m)}: out_proj is {o_out}x{o_in}, expected {outer}x{inner}")
+    old_heads, old_dim = m.num_heads, m.head_dim
     q_idx = ctx.kept.get(("in_proj_weight", 0))
     if q_idx is not None:
-        q_idx = q_idx[q_idx < old_e]
-    heads = kept_blocks(q_idx, old_e, m.num_heads, ctx.where(m))
+        q_idx = q_idx[q_idx < old_heads * old_dim]
+    heads = kept_blocks(q_idx, old_heads * old_dim, old_heads, ctx.where(m))
     if inner % heads:
         raise PruneError(f"{ctx.where(m)}: {inner} channels cannot be split into {heads} heads")
-    m.embed_dim, m.kdim, m.vdim, m.num_heads, m.head_dim = inner, inner, inner, heads, inner // heads
+    scale = getattr(m, "scale", old_dim ** -0.5)
+    m.num_heads, m.head_dim = heads, inner // heads
+    m.embed_dim = m.kdim = m.vdim = outer
+    if inner == outer and m.head_dim == old_dim and type(m) is nn.MultiheadAttention:
+        return   # still an ordinary nn.MultiheadAttention with the same scale
+    m.__class__ = PrunedMultiheadAttention
+    m.inner_dim, m.scale = inner, scale
+    m._qkv_same_embed_dim = False   # keeps PyTorch's fused fast path (which assumes one size) away
 
 
 @register_resizer(nn.RNNBase, None)
