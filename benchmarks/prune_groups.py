@@ -248,8 +248,14 @@ def report(rows: list[dict]) -> str:
               "- **grouped differently**, `nn.MultiheadAttention`: Torch-Pruning prunes its "
               "`embed_dim` as one, tying the attention's inner heads x head_dim to the residual "
               "stream; WeightSpace keeps the residual stream and the heads x dims as separate groups "
-              "(the finer symmetry). The module stores one size for both, so metanet refuses to cut "
-              "either alone inside `nn.MultiheadAttention`, with the reason.",
+              "(the finer symmetry). The module stores one size for both, so metanet rebuilds it as "
+              "`metanet.prune.modules.PrunedMultiheadAttention` (same parameters, both sizes, the "
+              "original attention scale) when they differ.",
+              "- **refused by metanet**: a forward that computes a size from another tensor (the hand "
+              "GPT splits by `self.d` and reshapes by the residual width `C // n_head`), or one "
+              "`head_dim` for query/key and value (Hugging Face BERT, ViT, GPT-2) when only one of the "
+              "two dim groups is cut. metanet runs the pruned copy and refuses with the error, leaving "
+              "the model unchanged; Torch-Pruning's pruned model fails when it is run.",
               "- **no Torch-Pruning group**: recurrent hidden units (GRU, LSTM) are not coupled by its "
               "dependency graph; its graph of Hugging Face GPT-2 (Conv1D layers) cannot be built.",
               "", "## Differences", ""]
