@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -348,6 +349,13 @@ def write_report(results: dict, cmd: str) -> None:
                          f"{row['barrier_ours_activations']:.4f} ({row['ours_activations_s']:.2f}) | {rb} |")
         lines += ["", "Barrier: the largest excess of the interpolated network's loss over the straight "
                   "line between the two end losses (11 points; BatchNorm statistics recomputed at each).", ""]
+        for arch, row in r["models"].items():
+            kept = row.get("rebasin_function_kept")
+            if kept is not None and kept > 1e-3:
+                lines += [f"On {arch}, rebasin's permuted network B computes a different function (largest output "
+                          f"change {kept:.3g} relative to the largest output, on 64 training images): its "
+                          f"permutation is not a symmetry of this model, so its barrier is that of another "
+                          f"network. Ours keeps B's function exactly (tests/test_align.py).", ""]
     if "time" in results:
         lines += ["## Weight-matching time at size (two random initialisations)", "",
                   "| pair | weights | groups | neurons | trace (s) | align (s) |", "|---|---|---|---|---|---|"]
@@ -401,13 +409,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=None, help="GMN seeds (default 3; 1 with --quick)")
     ap.add_argument("--epochs", type=int, default=None, help="GMN epochs (default 25; 4 with --quick)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite augment.md from the JSON, run nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.report_only:
+        results = json.loads((HERE / "results" / "augment.json").read_text())
+        write_report(results, results.get("command", "python benchmarks/augment.py"))
+        return
     parts = args.parts.split(",")
     out_json = HERE / "results" / "augment.json"
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
     results.update({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
-                    "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__})
+                    "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, load average "
+                               f"{os.getloadavg()[0]:.1f} at the start", "torch": torch.__version__})
     if "barrier" in parts:
         results["barrier"] = part_barrier(args.quick)
     if "time" in parts:
@@ -423,9 +437,10 @@ def main() -> None:
             print(f"gmn_{task} skipped: {cfg['zoo']} is not a packed zoo (metanet zoo build --recipe "
                   f"{Path(cfg['zoo']).name} --n 1000 --out {cfg['zoo']})")
         out_json.write_text(json.dumps(results, indent=1))   # keep what is done
+    cmd = " ".join(["python benchmarks/augment.py"] + sys.argv[1:])
+    results["command"] = cmd
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1))
-    cmd = " ".join(["python benchmarks/augment.py"] + sys.argv[1:])
     write_report(results, cmd)
     print(f"wrote {out_json} and {HERE / 'augment.md'}")
 

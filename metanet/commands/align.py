@@ -6,7 +6,8 @@ and write the result.
     metanet align a.pt b.pt --model path/to/file.py:MyNet --out c.safetensors
 
 ``--model`` names the architecture, which is traced to find its neuron groups: a
-built-in example (``metanet convert --help`` lists them), a zoo model name, or
+built-in example (``metanet convert --help`` lists them), else a zoo model name (its
+default settings), or
 ``module:factory`` / ``file.py:factory`` where ``factory()`` returns ``(model,
 example_inputs)`` or a model with an ``example_input()`` method (a class works).
 Checkpoints are read without running code: safetensors, or ``torch.load(...,
@@ -69,14 +70,23 @@ def _model(spec: str):
     """(model, example_inputs) for --model."""
     from torch import nn
 
+    zoo_models: list[str] = []
     try:
         from zoo.models import create, list_models
-        if spec in list_models():
-            m = create(spec)
-            return m.eval(), (m.example_input(),)
+        zoo_models = list_models()
     except ImportError:
         pass
-    factory, name = _load_factory(spec)
+    from ..examples import EXAMPLES
+
+    if spec in zoo_models and spec not in EXAMPLES:   # built-in examples first, as in metanet convert
+        m = create(spec)
+        return m.eval(), (m.example_input(),)
+    try:
+        factory, name = _load_factory(spec)
+    except UsageError as err:
+        if ":" in spec or not zoo_models:
+            raise
+        raise UsageError(f"{err}; zoo models (default settings): {', '.join(zoo_models)}") from None
     try:
         out = factory()
     except Exception as err:
