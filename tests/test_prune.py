@@ -309,3 +309,60 @@ def test_prune_command(tmp_path, capsys):
     assert count_flops(model, inputs) >= 2 * count_flops(pruned, inputs)
     assert main(["prune", "--model", "cnn", "--ratio", "1.5"]) == 2
     assert "--ratio must be in (0, 1)" in capsys.readouterr().err
+
+
+# -- meta pruning -----------------------------------------------------------------------------------------------
+def _digits_cnn():
+    from zoo.models import small_cnn
+    torch.manual_seed(0)
+    return small_cnn(channels=6, padding=1, input_size=8).eval(), (torch.randn(2, 1, 8, 8),)
+
+
+def test_meta_pruner_is_equivariant():
+    from tasks.meta_prune import MetaPruner
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2)
+    with torch.no_grad():
+        meta.gate.fill_(1.0)     # the gate starts at 0 (the identity); open it to see the edit
+    sd = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
+    perm = ws.sample_permutation(torch.Generator().manual_seed(1))
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in perm.perms)
+    with torch.no_grad():
+        edited = meta(sd)
+        edited_of_permuted = meta(ws.permute(sd, perm, batched=True))
+    want = ws.permute(edited, perm, batched=True)
+    assert any((edited[k] - sd[k]).abs().max() > 1e-3 for k in sd)          # it edits something
+    for k in sd:
+        torch.testing.assert_close(edited_of_permuted[k], want[k], rtol=1e-4, atol=1e-5)
+    # control: permuting one tensor alone breaks it
+    broken = dict(ws.permute(sd, perm, batched=True))
+    k0 = ws.group_axes(0)[0][0]
+    broken[k0] = sd[k0]
+    with torch.no_grad():
+        out = meta(broken)
+    assert not all(torch.allclose(out[k], want[k], rtol=1e-4, atol=1e-5) for k in sd)
+
+
+def test_group_lasso_matches_group_norms():
+    from tasks.meta_prune import group_lasso
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    sd = model.state_dict()
+    names = {n for n, _ in model.named_parameters()}
+    want = sum(v.sum() for v in group_norms(ws, sd, 2, names).values())
+    got = group_lasso(ws, {k: v.unsqueeze(0) for k, v in sd.items()}, names)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_meta_prune_task_runs(tmp_path):
+    from tasks.meta_prune import MetaPruneConfig, run
+
+    res = run(MetaPruneConfig(channels=6, n_train_nets=2, n_test_nets=1, net_steps=20, meta_steps=3, meta_batch=2,
+                              speedups=(2.0,), finetune_steps=2, out=str(tmp_path)), log=lambda m: None)
+    assert {r["method"] for r in res.rows} == {"random", "magnitude", "meta"}
+    assert all(r["flops_reduction"] >= 2.0 for r in res.rows)
+    assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy.png").exists()
