@@ -12,11 +12,12 @@ size where the model takes one, else another batch size): every permutation, sca
 and sign flip the weight space offers. Writes ``benchmarks/results/architectures.json``
 and ``benchmarks/architectures.md``.
 
-    python benchmarks/architectures.py GPT-2 ResNet-50    # only these, printed (nothing written)
+    python benchmarks/architectures.py GPT-2 ResNet-50    # rerun these rows, keep the others
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -26,6 +27,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+# run as a script, this folder comes first on sys.path, where a benchmark named after a
+# package (benchmarks/metanet.py) would shadow the package itself
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 def cases():
@@ -38,6 +42,7 @@ def cases():
     ids13 = torch.randint(5, 100, (1, 13), generator=gen)             # another length
     img2 = torch.randn(2, 3, 224, 224, generator=gen)                 # another batch size
     img160 = torch.randn(1, 3, 160, 160, generator=gen)               # another image size
+    img256 = torch.randn(1, 3, 256, 256, generator=gen)               # Swin: its last stage >= a window
     text, t5 = ((ids13,), {}), ((ids13,), {"decoder_input_ids": ids13})
     return [
         ("GPT-2", lambda: T.GPT2LMHeadModel(T.GPT2Config()), (ids,), {}, text),
@@ -49,7 +54,7 @@ def cases():
         # ViT, DeiT and CLIP take only their configured image size: another batch size
         ("ViT", lambda: T.ViTForImageClassification(T.ViTConfig()), (img,), {}, ((img2,), {})),
         ("DeiT", lambda: T.DeiTForImageClassification(T.DeiTConfig()), (img,), {}, ((img2,), {})),
-        ("Swin", lambda: T.SwinForImageClassification(T.SwinConfig()), (img,), {}, ((img160,), {})),
+        ("Swin", lambda: T.SwinForImageClassification(T.SwinConfig()), (img,), {}, ((img256,), {})),
         ("CLIP vision", lambda: T.CLIPVisionModelWithProjection(T.CLIPVisionConfig()), (img,), {}, ((img2,), {})),
         ("ConvNeXt", lambda: T.ConvNextForImageClassification(T.ConvNextConfig()), (img,), {}, ((img160,), {})),
         ("ResNet-50", lambda: T.ResNetForImageClassification(T.ResNetConfig()), (img,), {}, ((img160,), {})),
@@ -75,6 +80,8 @@ def run_verify(ws, model, x, kw, other) -> dict:
         return {"ok": False, "seconds": time.perf_counter() - t, "kind": err.kind, "shape": err.shape,
                 "rel_err": err.rel_err, "group": err.group.name if err.group else None,
                 "message": str(err)}
+    except ValueError as err:  # e.g. the model rejects the other input: say so in the row
+        return {"ok": False, "error": str(err)[:300]}
     return {"ok": True, "seconds": time.perf_counter() - t, "shapes": list(report.shapes),
             "max_rel_err": report.max_rel_err, "checks": report.checks}
 
@@ -119,6 +126,8 @@ def run_one(make, x, kw, other) -> dict:
 def _verify_cell(v: dict | None) -> str:
     if not v:
         return "-"
+    if "error" in v:
+        return f"not run: {v['error']}"
     if not v["ok"]:
         return (f"**FAILED**: {v['kind']} of group {v['group']} changes outputs by {v['rel_err']:.1e} "
                 f"at {v['shape']}")
@@ -130,28 +139,48 @@ def _verify_cell(v: dict | None) -> str:
 def main() -> int:
     torch.set_num_threads(2)
     only = set(sys.argv[1:])
+    path = HERE / "results" / "architectures.json"
     results = {"machine": f"{platform.machine()}, torch {torch.__version__}", "models": {}}
+    if only and path.exists():  # rerun some models, keep the others' rows
+        old = json.loads(path.read_text())
+        results.update({k: v for k, v in old.items() if k.startswith("load_average")})
+        results["models"] = old["models"]
+    known = [c[0] for c in cases()]
+    if only - set(known):
+        print(f"unknown models {sorted(only - set(known))}; the models are: {', '.join(known)}")
+        return 2
     for name, make, x, kw, other in cases():
         if only and name not in only:
             continue
+        load = os.getloadavg()[0]
         try:
             results["models"][name] = run_one(make, x, kw, other)
         except Exception as e:  # report, never hide: a failure is a row of the table
             results["models"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        results["models"][name]["load_average"] = max(load, os.getloadavg()[0])
         print(name, results["models"][name], flush=True)
-    if only:
-        print("a subset of the models: benchmarks/architectures.md and the JSON are left as they are")
-        return 0
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "architectures.json").write_text(json.dumps(results, indent=2))
+    results["models"] = {n: results["models"][n] for n in known if n in results["models"]}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    (HERE / "architectures.md").write_text(render(results))
+    print("wrote benchmarks/architectures.md")
+    return 0
+
+
+def render(results: dict) -> str:
+    loads = [r["load_average"] for r in results["models"].values() if "load_average" in r]
+    loads += [v for k, v in results.items() if k.startswith("load_average_")]   # older runs: start, end
+    load = (f" Load average {min(loads):.1f} to {max(loads):.1f} while the models ran "
+            f"({os.cpu_count()} cores): above the core count, times are that much slower than on "
+            "a quiet machine.") if loads else ""
     lines = ["# The converter on Hugging Face architectures (default configs)", "",
              "`python benchmarks/architectures.py`; random weights (perturbed by 0.02·N(0,1) so that "
              "zero-initialized heads do not hide errors), one input (batch 1, 8 tokens or a 224x224 "
-             f"image), {results['machine']}. Target for the permutation check: < 1e-5 relative.", "",
+             f"image), {results['machine']}. Target for the permutation check: < 1e-5 relative.{load}", "",
              f"`ws.verify` ({VERIFY_DRAWS} random draws of every kind the space offers, perm(utation), "
              "scal(ing), sign, per shape) at the traced input and at another: 13 tokens for text "
-             "models, a 160x160 image where the model takes one, else a batch of 2 (ViT, DeiT and "
-             "CLIP take only 224x224). Error: max|a-b| / max|a| over all outputs.", "",
+             "models, another image size where the model takes one, else a batch of 2 (ViT, DeiT "
+             "and CLIP take only 224x224). Error: max|a-b| / max|a| over all outputs.", "",
              "| model | params | trace | ops | neuron groups | of which scalable | unsupported ops | "
              "permuted outputs, max rel. error | graph (nodes / edges) | graph time | round trip | "
              "verify at two shapes |",
@@ -166,9 +195,7 @@ def main() -> int:
                      f"{r.get('graph_s', float('nan')):.2f} s | "
                      f"{'exact' if r.get('round_trip_exact') else '-' if 'nodes' not in r else 'NOT exact'} | "
                      f"{_verify_cell(r.get('verify'))} |")
-    (HERE / "architectures.md").write_text("\n".join(lines) + "\n")
-    print("wrote benchmarks/architectures.md")
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
