@@ -100,6 +100,7 @@ class MetaPruner(nn.Module):
         from metanet.nn import GMN
 
         self.ws, self.layout = ws, layout
+        self.in_width, self.hidden = in_width, hidden
         self.gmn = GMN(in_width=in_width, hidden=hidden, layers=layers, edge_out=in_width)
         self.gate = nn.Parameter(torch.zeros(()))
 
@@ -110,6 +111,48 @@ class MetaPruner(nn.Module):
         delta = self.ws.state_dicts(self.gmn.edit(g))
         return {k: v + self.gate * delta[k] if k in delta and v.is_floating_point() else v
                 for k, v in stacked.items()}
+
+
+def save_meta_pruner(meta: MetaPruner, path) -> None:
+    """The metanetwork's weights as safetensors, its sizes in the metadata (no pickle)."""
+    from safetensors.torch import save_model
+
+    gmn = meta.gmn
+    meta_info = {"in_width": str(meta.in_width), "hidden": str(meta.hidden), "layers": str(len(gmn.layers)),
+                 "layout": meta.layout}
+    save_model(meta, str(path), metadata=meta_info)
+
+
+def load_meta_pruner(path, ws) -> MetaPruner:
+    """A :class:`MetaPruner` saved by :func:`save_meta_pruner`, for networks of weight space ``ws``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    with safe_open(str(path), "pt") as f:
+        info = f.metadata() or {}
+    missing = [k for k in ("in_width", "hidden", "layers") if k not in info]
+    if missing:
+        raise ValueError(f"{path} is not a meta-pruner checkpoint (its metadata lacks {', '.join(missing)}); "
+                         f"make one with tasks.meta_prune (MetaPruneConfig(out=...))")
+    width = int(ws.layout(info.get("layout", "compact")).width)
+    if width != int(info["in_width"]):
+        raise ValueError(f"{path} reads edge features of width {info['in_width']} (e.g. 3x3 kernels), this "
+                         f"model's parameter graph has width {width}: the metanetwork cannot read it")
+    meta = MetaPruner(ws, int(info["in_width"]), int(info["hidden"]), int(info["layers"]),
+                      info.get("layout", "compact"))
+    load_model(meta, str(path))
+    return meta.eval()
+
+
+@torch.no_grad()
+def edit(meta: MetaPruner, model: nn.Module) -> nn.Module:
+    """One forward pass of the metanetwork: a copy of ``model`` with the edited weights."""
+    import copy
+
+    new = {k: v[0] for k, v in meta({k: v.unsqueeze(0) for k, v in model.state_dict().items()}).items()}
+    out = copy.deepcopy(model)
+    out.load_state_dict(new)
+    return out.eval()
 
 
 def _train_net(net: nn.Module, data, steps: int, batch: int, gen: torch.Generator, lr: float = 3e-3) -> nn.Module:
@@ -183,12 +226,13 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
                 log(f"  meta step {step + 1}/{config.meta_steps}: task {float(task.detach()):.3f}  group lasso "
                     f"{float(sparsity.detach()):.1f}  gate {float(meta.gate.detach()):.3f}")
 
+        meta.eval()
+        if config.out:
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+            save_meta_pruner(meta, Path(config.out) / f"metapruner_seed{seed}.safetensors")
         # -- held-out networks: one forward pass, magnitude pruning, a short fine-tune
         for j, net in enumerate(test_nets):
-            with torch.no_grad():
-                edited_sd = {k: v[0] for k, v in meta({k: v.unsqueeze(0) for k, v in net.state_dict().items()}).items()}
-            edited = make().eval()
-            edited.load_state_dict(edited_sd)
+            edited = edit(meta, net)
             sources = {"random": (net, "random"), "magnitude": (net, "magnitude"), "meta": (edited, "magnitude")}
             for s in config.speedups:
                 for method, (src, crit) in sources.items():

@@ -366,3 +366,26 @@ def test_meta_prune_task_runs(tmp_path):
     assert {r["method"] for r in res.rows} == {"random", "magnitude", "meta"}
     assert all(r["flops_reduction"] >= 2.0 for r in res.rows)
     assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy.png").exists()
+
+
+def test_meta_pruner_saves_loads_and_drives_the_command(tmp_path, capsys):
+    from metanet.cli import main
+    from tasks.meta_prune import MetaPruner, edit, load_meta_pruner, save_meta_pruner
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=1)
+    with torch.no_grad():
+        meta.gate.fill_(0.5)
+    path = tmp_path / "meta.safetensors"
+    save_meta_pruner(meta, path)
+    back = load_meta_pruner(path, ws)
+    a, b = edit(meta, model), edit(back, model)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    factory = tmp_path / "net.py"
+    factory.write_text("import torch\nfrom zoo.models import small_cnn\n"
+                       "def make():\n    torch.manual_seed(0)\n"
+                       "    return small_cnn(channels=6, padding=1, input_size=8).eval(), (torch.randn(2, 1, 8, 8),)\n")
+    assert main(["prune", "--model", f"{factory}:make", "--metanet", str(path), "--ratio", "0.5",
+                 "--no-latency"]) == 0
+    assert "edited by the meta-pruning metanetwork" in capsys.readouterr().out

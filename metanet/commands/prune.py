@@ -3,6 +3,7 @@
     metanet prune --model small_cnn --speedup 2 --out pruned.safetensors
     metanet prune --model path/to/file.py:make_model --weights trained.safetensors --ratio 0.3
     metanet prune --model mypkg.models:make_model --criterion random --seed 1 --speedup 3 --out p.safetensors
+    metanet prune --model file.py:make --weights w.safetensors --metanet out/meta_prune/metapruner_seed0.safetensors --speedup 2
 
 The pruned weights are saved as safetensors with the pruning plan (the neurons kept per
 group) in the file's metadata; ``metanet.prune.load(model, example_inputs, FILE)``
@@ -46,7 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--criterion", default="magnitude", choices=["magnitude", "l1", "l2", "random"],
                    help="neuron score: magnitude (= l2 norm over every tensor of the group; default), l1, random")
     p.add_argument("--metanet", metavar="CKPT",
-                   help="meta pruning with a trained metanetwork (not available yet)")
+                   help="meta pruning: first edit the model with this metanetwork (a tasks.meta_prune "
+                        "checkpoint, metapruner_seed*.safetensors), then prune its output by --criterion; "
+                        "fine-tune the result on your data afterwards")
     p.add_argument("--seed", type=int, default=0, help="seed for --criterion random (default 0)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--out", metavar="FILE", help="write the pruned weights and plan here (.safetensors)")
@@ -104,6 +107,23 @@ def _load_weights(model, path: str) -> None:
         raise UsageError(f"--weights {path!r} does not fit --model: {err}") from None
 
 
+def _meta_edit(model, inputs, path: str):
+    """The model edited by a meta-pruning metanetwork (tasks.meta_prune checkpoint)."""
+    from ..space import WeightSpace
+
+    if not Path(path).is_file():
+        raise UsageError(f"--metanet: no such file {path!r}")
+    try:
+        from tasks.meta_prune import edit, load_meta_pruner
+    except ImportError as err:
+        raise UsageError(f"--metanet needs the tasks package (run from the repository root): {err}") from None
+    try:
+        meta = load_meta_pruner(path, WeightSpace.of(model, inputs))
+    except ValueError as err:
+        raise UsageError(f"--metanet {path!r}: {err}") from None
+    return edit(meta, model)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -118,8 +138,6 @@ def _run(args: argparse.Namespace) -> int:
     from ..prune import PruneError, prune, save
     from ..trace import TraceError
 
-    if args.metanet:
-        raise UsageError("--metanet: meta pruning is not available yet; use --criterion magnitude")
     if args.speedup is not None and not args.speedup > 1:
         raise UsageError(f"--speedup must be > 1, got {args.speedup}")
     if args.ratio is not None and not 0 < args.ratio < 1:
@@ -131,6 +149,9 @@ def _run(args: argparse.Namespace) -> int:
         _load_weights(model, args.weights)
 
     t0 = time.perf_counter()
+    if args.metanet:
+        model = _meta_edit(model, inputs, args.metanet)
+        print(f"edited by the meta-pruning metanetwork {args.metanet} (one forward pass); pruning its output")
 
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
