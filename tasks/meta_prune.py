@@ -173,7 +173,11 @@ def _accuracy(net: nn.Module, data) -> float:
     return float((net(data.x_test).argmax(-1) == data.y_test).float().mean())
 
 
-def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] = print) -> MetaPruneResult:
+def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] = print,
+        extra_methods: dict[str, Callable] | None = None) -> MetaPruneResult:
+    """Run the job. ``extra_methods`` adds baselines: ``{name: fn(net, example_inputs, speedup,
+    seed) -> (pruned model, FLOP reduction)}``, evaluated like the others (e.g. another
+    library's pruner, see benchmarks/prune.py)."""
     from metanet.prune import measure_latencies, prune
     from metanet.space import WeightSpace
     from zoo.data import load_dataset
@@ -234,19 +238,25 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
         for j, net in enumerate(test_nets):
             edited = edit(meta, net)
             sources = {"random": (net, "random"), "magnitude": (net, "magnitude"), "meta": (edited, "magnitude")}
+            methods = list(sources) + list(extra_methods or {})
             for s in config.speedups:
-                for method, (src, crit) in sources.items():
-                    res = prune(src, example, crit, speedup=s, latency=False, ws=ws,
-                                generator=torch.Generator().manual_seed(seed * 100 + j))
-                    pruned = _train_net(res.model, data, config.finetune_steps, config.batch_size,
+                for method in methods:
+                    if method in sources:
+                        src, crit = sources[method]
+                        res = prune(src, example, crit, speedup=s, latency=False, ws=ws,
+                                    generator=torch.Generator().manual_seed(seed * 100 + j))
+                        model, reduction = res.model, res.flops_reduction
+                    else:
+                        model, reduction = extra_methods[method](net, example, s, seed)
+                    pruned = _train_net(model, data, config.finetune_steps, config.batch_size,
                                         torch.Generator().manual_seed(seed * 100 + j), lr=1e-3)
                     t_before, t_after = measure_latencies([net, pruned], (data.x_test[:64],), repeats=10)
                     row = {"seed": seed, "net": j, "method": method, "speedup": s,
-                           "flops_reduction": res.flops_reduction, "latency_speedup": t_before / t_after,
+                           "flops_reduction": reduction, "latency_speedup": t_before / t_after,
                            "accuracy": _accuracy(pruned, data)}
                     result.rows.append(row)
                 log(f"  held-out net {j}, {s}x: " + ", ".join(
-                    f"{r['method']} {100 * r['accuracy']:.1f}%" for r in result.rows[-len(sources):]))
+                    f"{r['method']} {100 * r['accuracy']:.1f}%" for r in result.rows[-len(methods):]))
 
     log(result.table())
     if config.out:
