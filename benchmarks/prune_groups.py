@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
