@@ -180,3 +180,12 @@ def test_collate_mixed_architectures_pads_and_reports():
         assert torch.equal(one.edge_role, g.edge_role)
     with pytest.raises(ValueError, match="pass a wider width"):
         collate(graphs, width=1)
+
+
+def test_graph_bytes_estimate_matches_the_graph():
+    ws, model = space("resnet_basic")
+    for layout in ("compact", "param"):
+        g = ws.graph(model.state_dict(), layout)
+        real = sum(v.numel() * v.element_size() for _, v in g if isinstance(v, torch.Tensor))
+        est = ws.layout(layout).graph_bytes(1)
+        assert abs(est - real) <= 64 + g.extras.numel() * 8, (layout, est, real)

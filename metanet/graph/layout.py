@@ -277,7 +277,8 @@ class GraphLayout:
         """Bytes a PyG graph (or Batch of ``batch`` graphs) of this layout holds: edge
         features, structure (repeated per graph in a Batch), node features."""
         item = torch.empty(0, dtype=self.dtype).element_size()
-        per_edge = self.width * item + 8 + 8 + self.edge_pos.element_size() + 1 + 2 + 4
+        per_edge = (self.width * item + 2 * self.edge_index.element_size() + self.edge_type.element_size()
+                    + self.edge_pos.element_size() + 1 + 2 + 4)
         per_node = 3 * 4 + 8 + 8 + 1 + 4
         return batch * (self.num_edges * per_edge + self.num_nodes * per_node)
 
