@@ -31,7 +31,8 @@ from torch.func import functional_call
 
 @dataclass(frozen=True)
 class MetaPruneConfig:
-    channels: int = 8                 # digits CNN width (zoo.models.small_cnn, padding 1, 8x8 input)
+    arch: str = "small_cnn"           # zoo.models name: "small_cnn" (padding 1) or "tiny_resnet", on 8x8 digits
+    channels: int = 8                 # its width
     n_train_nets: int = 6             # meta-training zoo
     n_test_nets: int = 3              # held out, never seen in meta-training
     net_steps: int = 300              # training steps of each zoo network
@@ -104,12 +105,15 @@ class MetaPruner(nn.Module):
         self.gmn = GMN(in_width=in_width, hidden=hidden, layers=layers, edge_out=in_width)
         self.gate = nn.Parameter(torch.zeros(()))
 
-    def forward(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, stacked: dict[str, torch.Tensor], editable: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """Edited stacked checkpoints; only tensors in ``editable`` (the parameters: running
+        statistics of norms stay as they are) change, all floating tensors when None."""
         from metanet.graph import SharedBatch
 
         g = SharedBatch.of(self.ws, stacked, layout=self.layout)
         delta = self.ws.state_dicts(self.gmn.edit(g))
-        return {k: v + self.gate * delta[k] if k in delta and v.is_floating_point() else v
+        return {k: v + self.gate * delta[k]
+                if k in delta and v.is_floating_point() and (editable is None or k in editable) else v
                 for k, v in stacked.items()}
 
 
@@ -149,10 +153,11 @@ def edit(meta: MetaPruner, model: nn.Module) -> nn.Module:
     """One forward pass of the metanetwork: a copy of ``model`` with the edited weights."""
     import copy
 
-    new = {k: v[0] for k, v in meta({k: v.unsqueeze(0) for k, v in model.state_dict().items()}).items()}
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    new = {k: v[0] for k, v in meta({k: v.unsqueeze(0) for k, v in model.state_dict().items()}, params).items()}
     out = copy.deepcopy(model)
     out.load_state_dict(new)
-    return out.eval()
+    return out.eval() if not model.training else out
 
 
 def _train_net(net: nn.Module, data, steps: int, batch: int, gen: torch.Generator, lr: float = 3e-3) -> nn.Module:
@@ -181,14 +186,18 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
     from metanet.prune import measure_latencies, prune
     from metanet.space import WeightSpace
     from zoo.data import load_dataset
-    from zoo.models import small_cnn
+    from zoo.models import create, small_cnn
 
     result = MetaPruneResult(config)
     data = load_dataset("digits")
     example = (data.x_train[:1],)
 
     def make() -> nn.Module:
-        return small_cnn(channels=config.channels, padding=1, input_size=8)
+        if config.arch == "small_cnn":
+            return small_cnn(channels=config.channels, padding=1, input_size=8)
+        if config.arch == "tiny_resnet":
+            return create("tiny_resnet", width=config.channels, input_size=8)
+        raise ValueError(f"MetaPruneConfig.arch is 'small_cnn' or 'tiny_resnet', got {config.arch!r}")
 
     for seed in config.seeds:
         # -- zoo: networks trained here; the held-out ones are never seen in meta-training
@@ -215,7 +224,7 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
         for step in range(config.meta_steps):
             pick = torch.randperm(len(train_nets), generator=gen)[:config.meta_batch]
             stacked = {k: v[pick] for k, v in stacked_all.items()}
-            new = meta(stacked)
+            new = meta(stacked, params)
             idx = torch.randint(0, len(data.y_train), (config.batch_size,), generator=gen)
             x, y = data.x_train[idx], data.y_train[idx]
             task = sum(F.cross_entropy(functional_call(template, {k: v[b] for k, v in new.items()}, (x,)), y)
