@@ -250,7 +250,8 @@ def _augmentation(name: str, ws, seed: int, n_classes: int | None):
     }[name]()
 
 
-def part_gmn(task: str, quick: bool, n_seeds: int | None = None, n_epochs: int | None = None) -> dict:
+def part_gmn(task: str, quick: bool, n_seeds: int | None = None, n_epochs: int | None = None,
+             augs: list[str] | None = None) -> dict:
     from metanet.graph import SharedBatch
     from metanet.nn import GMN
     from zoo import Zoo
@@ -269,7 +270,7 @@ def part_gmn(task: str, quick: bool, n_seeds: int | None = None, n_epochs: int |
     fractions = (0.1, 0.3, 1.0)
     seeds = tuple(range(n_seeds if n_seeds else (1 if quick else 3)))
     epochs = n_epochs if n_epochs else (4 if quick else 25)
-    augs = cfg["quick_augs"] if quick else cfg["augs"]
+    augs = augs or (cfg["quick_augs"] if quick else cfg["augs"])
     res: dict = {"zoo": cfg["zoo"], "where": cfg["where"], "target": cfg["target"],
                  "score": "accuracy" if classes else "kendall_tau", "networks": len(z), "train": len(train_z),
                  "test": len(test_z), "epochs": epochs, "seeds": list(seeds), "score_by_fraction": {}}
@@ -332,9 +333,13 @@ def _fmt(v, nd=4):
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
-def write_report(results: dict, cmd: str) -> None:
+def write_report(results: dict) -> None:
     lines = ["# Augmentation and alignment benchmark", "",
-             f"Command: `{cmd}` ({results['date']}, {results['machine']}, torch {results['torch']}).", ""]
+             "Written by `python benchmarks/augment.py --report-only` from benchmarks/results/augment.json. "
+             "Each part's numbers come from the run below (CPU, shared with other jobs: times are upper bounds).", ""]
+    for part, run in results.get("runs", {}).items():
+        lines.append(f"- {part}: `{run['command']}` ({run['date']}, {run['machine']}, torch {run['torch']})")
+    lines.append("")
     if "barrier" in results:
         r = results["barrier"]
         lines += ["## Loss barrier along linear interpolation (digits, test cross-entropy)", "",
@@ -409,39 +414,53 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=None, help="GMN seeds (default 3; 1 with --quick)")
     ap.add_argument("--epochs", type=int, default=None, help="GMN epochs (default 25; 4 with --quick)")
+    ap.add_argument("--augs", default=None, help="GMN augmentations, comma-separated (default: all of the task's)")
     ap.add_argument("--report-only", action="store_true", help="rewrite augment.md from the JSON, run nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.report_only:
-        results = json.loads((HERE / "results" / "augment.json").read_text())
-        write_report(results, results.get("command", "python benchmarks/augment.py"))
+        write_report(json.loads((HERE / "results" / "augment.json").read_text()))
         return
     parts = args.parts.split(",")
     out_json = HERE / "results" / "augment.json"
-    results = json.loads(out_json.read_text()) if out_json.exists() else {}
-    results.update({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
-                    "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, load average "
-                               f"{os.getloadavg()[0]:.1f} at the start", "torch": torch.__version__})
+    results = {}
+    stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
+             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, load average "
+                        f"{os.getloadavg()[0]:.1f} at the start", "torch": torch.__version__,
+             "command": " ".join(["python benchmarks/augment.py"] + sys.argv[1:])}
+
+    def save():
+        """Merge this run's parts into the JSON on disk (runs of other parts may write it too)."""
+        merged = json.loads(out_json.read_text()) if out_json.exists() else {}
+        merged.setdefault("runs", {})
+        for key, value in results.items():
+            merged[key] = value
+            merged["runs"][key] = stamp
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(merged, indent=1))
+        return merged
+
     if "barrier" in parts:
         results["barrier"] = part_barrier(args.quick)
+        save()
     if "time" in parts:
         results["time"] = part_time(args.quick)
+        save()
     if "throughput" in parts:
         results["throughput"] = part_throughput(args.quick)
+        save()
     for task, cfg in TASKS.items():
         if f"gmn_{task}" not in parts:
             continue
         if Path(cfg["zoo"], "manifest.jsonl").exists():
-            results[f"gmn_{task}"] = part_gmn(task, args.quick, args.seeds, args.epochs)
+            results[f"gmn_{task}"] = part_gmn(task, args.quick, args.seeds, args.epochs,
+                                              args.augs.split(",") if args.augs else None)
         else:
             print(f"gmn_{task} skipped: {cfg['zoo']} is not a packed zoo (metanet zoo build --recipe "
                   f"{Path(cfg['zoo']).name} --n 1000 --out {cfg['zoo']})")
-        out_json.write_text(json.dumps(results, indent=1))   # keep what is done
-    cmd = " ".join(["python benchmarks/augment.py"] + sys.argv[1:])
-    results["command"] = cmd
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=1))
-    write_report(results, cmd)
+        save()   # keep what is done
+    merged = save()
+    write_report(merged)
     print(f"wrote {out_json} and {HERE / 'augment.md'}")
 
 
