@@ -13,6 +13,19 @@ benchmarks/results/metanet.json and benchmarks/metanet.md.
 """
 from __future__ import annotations
 
+import sys as _sys
+
+if __name__ == "metanet":
+    # Imported as `metanet` by a script of this folder (whose sys.path[0] is this folder):
+    # hand the name over to the metanet package instead of shadowing it.
+    import importlib as _importlib
+    from pathlib import Path as _Path
+
+    _here = _Path(__file__).resolve().parent
+    _sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _here]
+    del _sys.modules["metanet"]
+    _sys.modules["metanet"] = _importlib.import_module("metanet")   # what the importer receives
+
 import argparse
 import json
 import os
@@ -195,8 +208,7 @@ def _public_model(zoo_path, mode, hidden, layers, out_dim):
     return PublicNFN(rec["arch"], z._graph_kwargs(rec), mode, hidden, layers, out_dim)
 
 
-def accuracy_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None) -> list[dict]:
-    rows = []
+def accuracy_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, rows: list) -> list[dict]:
     models = ["statnn", "nfn", "nfn_public", "gmn", "ngt"]
     for model in models:
         if model == "nfn_public" and not HAVE_NFN:
@@ -217,15 +229,15 @@ def accuracy_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None
                   f"({result.seconds:.0f} s)", flush=True)
         rows.append({"model": model, "tau": mean_std(taus), "r2": mean_std(r2s), "taus": taus, "r2s": r2s,
                      "train_networks_per_s": mean_std(speeds), "seconds": sum(secs)})
+        on_row()
     return rows
 
 
-def inr_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None) -> list[dict]:
+def inr_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, rows: list) -> list[dict]:
     import torch.nn.functional as F
 
     from tasks.classify_inr import _scores
 
-    rows = []
     for model in ["statnn", "nfn", "nfn_public", "gmn", "ngt"]:
         if model == "nfn_public" and not HAVE_NFN:
             continue
@@ -244,6 +256,7 @@ def inr_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None) -> 
             accs.append(result.test["acc"])
             print(f"inr {model} seed {seed}: acc {result.test['acc']:.4f} ({result.seconds:.0f} s)", flush=True)
         rows.append({"model": model, "acc": mean_std(accs), "accs": accs})
+        on_row()
     return rows
 
 
@@ -291,6 +304,10 @@ def throughput_part(zoo_path: Path, steps: int) -> list[dict]:
 def fmt(ms, digits=3):
     m, s = ms
     return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def on_row() -> None:
+    """Save what is measured so far (set by main)."""
 
 
 def write_markdown(res: dict, path: Path) -> None:
@@ -345,6 +362,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints per task")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
+    ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
     args = ap.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (1 if args.quick else 8)
@@ -354,25 +372,36 @@ def main(argv=None) -> int:
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
            "nfn": HAVE_NFN, "seeds": seeds, "epochs": epochs, "max_train": args.max_train}
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    name = args.name or ("metanet_quick" if args.quick else "metanet")
+
+    def save():   # after every part: a long run killed midway keeps what it measured
+        res["seconds"] = time.perf_counter() - t0
+        (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+        (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(res, indent=1))
+        write_markdown(res, ROOT / "benchmarks" / f"{name}.md")
+
+    global on_row
+    on_row = save
     if "convert" in parts:
         res["convert"] = convert_part(args.quick, args.big)
+        save()
     cnn = siren = None
     if parts & {"accuracy", "throughput"}:
         cnn = ensure_zoo("digits_cnn", 100 if args.quick else 1000, args.quick)
     if "accuracy" in parts:
         res["accuracy_zoo"] = str(cnn.relative_to(ROOT))
-        res["accuracy"] = accuracy_part(cnn, seeds, epochs, args.max_train)
+        res["accuracy"] = []
+        accuracy_part(cnn, seeds, epochs, args.max_train, res["accuracy"])
+        save()
     if "inr" in parts:
         siren = ensure_zoo("digits_siren", 100 if args.quick else 1000, args.quick)
         res["inr_zoo"] = str(siren.relative_to(ROOT))
-        res["inr"] = inr_part(siren, seeds, epochs, args.max_train)
+        res["inr"] = []
+        inr_part(siren, seeds, epochs, args.max_train, res["inr"])
+        save()
     if "throughput" in parts:
         res["throughput"] = throughput_part(cnn, args.throughput_steps or (5 if args.quick else 30))
-    res["seconds"] = time.perf_counter() - t0
-    name = "metanet_quick" if args.quick else "metanet"
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(res, indent=1))
-    write_markdown(res, ROOT / "benchmarks" / f"{name}.md")
+    save()
     print(f"wrote benchmarks/{name}.md ({res['seconds']:.0f} s)")
     return 0
 
