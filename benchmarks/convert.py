@@ -155,6 +155,7 @@ def graph_sizes(ws, layout: str, g) -> dict:
     per = {k: v.numel() * v.element_size() for k, v in g if isinstance(v, torch.Tensor)}
     return {"nodes": L.num_nodes, "edges": L.num_edges, "param_edges": L.num_param_edges,
             "width": L.width, "bytes": sum(per.values()), "bytes_by_tensor": per,
+            "bytes_per_weight": sum(per.values()) / max(ws.num_params, 1),
             "padding_slots": sum(p.num_edges * L.width - p.n_out * p.n_in * p.feat for p in L.plans)}
 
 
@@ -368,16 +369,18 @@ def write_markdown(res: dict) -> str:
                      f"{fmt_b(m['peak_delta'])} = **{ratio:.2f}x** the graph's tensors | graph tensors "
                      f"{fmt_b(m['graph_bytes'])} | < {T['memory_ratio']:.0f}x | {verdict(ratio, T['memory_ratio'])} |")
     lines += ["", "## Single checkpoints", "",
-              "| network | layout | nodes | edges (param + structural) | width | graph bytes | padding slots "
+              "| network | layout | nodes | edges (param + structural) | width | graph bytes | bytes per weight "
+              "| padding slots "
               "| layout build (once per architecture) | clone (baseline) | `graph(sd)` | vs clone "
               "| `graph(sd, check=False)` | `state_dict(g)` | vs clone | round trip |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for net in (cnn, r50):
         for layout in ("compact", "param"):
             r = net[layout]
             lines.append(
                 f"| {net['model']} | {layout} | {r['nodes']:,} | {r['edges']:,} ({r['param_edges']:,} + "
-                f"{r['edges'] - r['param_edges']:,}) | {r['width']} | {fmt_b(r['bytes'])} | {r['padding_slots']:,} | "
+                f"{r['edges'] - r['param_edges']:,}) | {r['width']} | {fmt_b(r['bytes'])} | "
+                f"{r['bytes_per_weight']:.1f} | {r['padding_slots']:,} | "
                 f"{fmt_s(r['layout_build_s'])} | {fmt_s(r['clone_s'])} | {fmt_s(r['graph_s'])} | "
                 f"{r['graph_ratio']:.2f}x | {fmt_s(r['graph_nocheck_s'])} | {fmt_s(r['inverse_s'])} | "
                 f"{r['inverse_ratio']:.2f}x | {'exact' if r['round_trip'] else 'FAILED'} |")
@@ -387,9 +390,13 @@ def write_markdown(res: dict) -> str:
               f"ResNet-50 {', '.join(f'{t:.2f}' for t in r50['trace_s_all'])} s (the first trace in a "
               "process also pays torch.export's one-time warm-up, here taken by the Small CNN, traced first). "
               "Graph bytes count every tensor of the graph (edge_index, edge_attr, edge_type, edge_pos, x, "
-              "node_type, node_pos, extras); only edge_attr and extras are new per checkpoint, the rest is the "
-              "layout's, shared by every graph of the architecture. `state_dict(g)` returns fresh tensors "
-              "(never views of `g.edge_attr`).",
+              "node_type, node_pos, the role, depth and kernel-position features, extras); only edge_attr and "
+              "extras are new per checkpoint, the rest is the layout's, shared by every graph of the "
+              "architecture. Bytes per weight: graph bytes over the number of weights (a float32 weight is 4 "
+              "bytes; in the param layout each weight also carries int64 edge_index (16 bytes) and edge_type "
+              "(8), int8/int16 edge_pos, int8 role, float16 depth and kernel position). A "
+              "`metanet.graph.SharedBatch` of many checkpoints holds the structure once: 4 bytes per weight "
+              "plus one structure. `state_dict(g)` returns fresh tensors (never views of `g.edge_attr`).",
               "",
               f"## Batches: {batch['checkpoints']:,} Small-CNN checkpoints", "",
               f"Random checkpoints stacked ({fmt_b(batch['stacked_bytes'])}); baseline: `torch.stack` per key over a "
