@@ -5,9 +5,11 @@
 >>> sd = ws.state_dict(g)                      # exact inverse
 >>> p = ws.sample_permutation(); ws.permute(sd, p)
 """
-from .space import Group, Permutation, Scaling, StateDictError, UnsupportedOpWarning, WeightSpace
+from .space import (Group, Permutation, RuleError, Scaling, StateDictError, SymmetryError, UnsupportedOpWarning,
+                    WeightSpace, register_rule)
 from .trace import OpGraph, TraceError, trace
 
 __version__ = "0.1.0"
 __all__ = ["WeightSpace", "Permutation", "Scaling", "Group", "StateDictError", "TraceError",
-           "UnsupportedOpWarning", "OpGraph", "trace"]
+           "UnsupportedOpWarning", "OpGraph", "trace", "SymmetryError", "RuleError",
+           "register_rule"]
