@@ -52,7 +52,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-FULL = dict(seeds=3, ghn_steps=120, meta_batch=4, n_archs=32, n_test=12, epochs=2,
+FULL = dict(seeds=3, ghn_steps=60, meta_batch=4, n_archs=16, n_test=8, epochs=2,
             mip_steps=300, widths=[64, 128, 256, 512, 1024, 2048, 4096])
 QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, n_archs=4, n_test=3, epochs=1,
              mip_steps=20, widths=[64, 4096])
@@ -126,7 +126,7 @@ def predict_init_section(dataset, seed, cfg, workdir):
         t0 = time.time()
         res = run(PredictInitConfig(
             dataset=dataset, out=str(workdir / f"{dataset}_{dec}_{seed}"), steps=cfg["ghn_steps"],
-            meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], val_archs=4, lr=2e-3,
+            meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], val_archs=2, lr=2e-3,
             eval_every=cfg["ghn_steps"], ckpt_every=cfg["ghn_steps"], seed=seed, resume=False,
             progress=False, ghn=dict(GHN_KW, **kw)))
         ghns[dec] = GHN.from_pretrained(res.last_dir).eval()
@@ -371,7 +371,7 @@ def write_md(res, path, cmd):
         if not runs:
             continue
         L += [f"## {ds}: predicted parameters on unseen architectures", "",
-              "| init | accuracy, no training | ratio to trained | accuracy after 1 epoch | "
+              "| init | accuracy, no training | ratio to trained (mean accuracy / mean trained) | accuracy after 1 epoch | "
               "steps to 95% of trained (mean over those reaching it) | reached | ratio of steps to Kaiming's |",
               "|---|---|---|---|---|---|---|"]
         L.append(f"| Kaiming normal | {mean_sd([r['kaiming_acc0'] for r in runs])} | "
@@ -380,11 +380,13 @@ def write_md(res, path, cmd):
                  f"{sum(r['kaiming_reached95'] for r in runs)}/{sum(r['n_test'] for r in runs)} | 1 |")
         for dec in DECODERS:
             L.append(f"| GHN, {dec} decoder | {mean_sd([r[f'{dec}_acc0'] for r in runs])} | "
-                     f"{mean_sd([r[f'{dec}_ratio_to_trained'] for r in runs])} | "
+                     f"{mean_sd([r[f'{dec}_acc0'] / r['trained_acc'] for r in runs])} | "
                      f"{mean_sd([r[f'{dec}_acc_1ep'] for r in runs])} | {mean_sd([r[f'{dec}_steps95'] for r in runs])} | "
                      f"{sum(r[f'{dec}_reached95'] for r in runs)}/{sum(r['n_test'] for r in runs)} | "
                      f"{mean_sd([r[f'{dec}_steps95_ratio'] for r in runs])} |")
         L += ["", f"Trained accuracy (the baseline): {mean_sd([r['trained_acc'] for r in runs])}. "
+              "Steps to 95% are averaged over the architectures whose run reached it (column "
+              "'reached'); the last column compares those runs' steps with Kaiming's on the same architectures. "
               f"One epoch = {runs[0]['steps_per_epoch']} steps. GHN parameters: "
               + ", ".join(f"{d} {runs[0]['ghn'][d]['ghn_params']:,}" for d in DECODERS)
               + "; meta-training time per GHN: "
@@ -428,6 +430,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed")
     ap.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"])
     ap.add_argument("--skip", nargs="*", default=[], choices=["predict", "size", "mip", "scale"])
+    ap.add_argument("--md-only", action="store_true", help="rewrite the Markdown from the JSON")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the skipped sections' results from the existing JSON")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -439,8 +444,20 @@ def main(argv=None):
            "decoder_size": [], "mip": [], "scale": []}
     out_json = ROOT / "benchmarks" / "results" / f"hyper{suffix}.json"
     out_md = ROOT / "benchmarks" / f"hyper{suffix}.md"
+    if args.keep and out_json.exists():
+        old = json.loads(out_json.read_text())
+        for name, key in (("size", "decoder_size"), ("mip", "mip"), ("scale", "scale"), ("predict", "predict_init")):
+            if name in args.skip:
+                res[key] = old.get(key, [])
 
-    cmd = "python benchmarks/hyper.py" + (" --quick" if args.quick else "")
+    cmd = " ".join(["python benchmarks/hyper.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.md_only:
+        old = json.loads(out_json.read_text())
+        write_md(old, out_md, old.get("command", cmd))
+        return
+    res["command"] = cmd
+    if args.keep:
+        res["kept"] = [s for s in args.skip]
 
     def save():
         res["seconds"] = time.time() - t0
