@@ -27,9 +27,6 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-# run as a script, this folder comes first on sys.path, where a benchmark named after a
-# package (benchmarks/metanet.py) would shadow the package itself
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 def cases():

@@ -1,9 +1,9 @@
-"""Metanetworks on zoos: conversion speed of shared-structure batches, accuracy
+"""Metanetworks on zoos (named so as not to shadow the ``metanet`` package): conversion speed of shared-structure batches, accuracy
 prediction (Kendall τ, R²), INR classification, training throughput and peak memory,
 with the public ``nfn`` package (NFN-HNP / NFN-NP) as a baseline where it is installed.
 
-    python benchmarks/metanet.py            # the full run (3 seeds)
-    python benchmarks/metanet.py --quick    # a smoke run: small zoos, 1 seed, 1 epoch
+    python benchmarks/metanetworks.py            # the full run (3 seeds)
+    python benchmarks/metanetworks.py --quick    # a smoke run: small zoos, 1 seed, 1 epoch
 
 Zoos are built with ``metanet zoo build`` when absent (zoos/digits_cnn: 1,000 digits
 CNNs; zoos/digits_siren: 1,000 SIRENs of digits images; --quick builds small ones under
@@ -12,19 +12,6 @@ vary the metanetwork's initialisation and data order. Writes
 benchmarks/results/metanet.json and benchmarks/metanet.md.
 """
 from __future__ import annotations
-
-import sys as _sys
-
-if __name__ == "metanet":
-    # Imported as `metanet` by a script of this folder (whose sys.path[0] is this folder):
-    # hand the name over to the metanet package instead of shadowing it.
-    import importlib as _importlib
-    from pathlib import Path as _Path
-
-    _here = _Path(__file__).resolve().parent
-    _sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _here]
-    del _sys.modules["metanet"]
-    _sys.modules["metanet"] = _importlib.import_module("metanet")   # what the importer receives
 
 import argparse
 import json
@@ -368,7 +355,7 @@ def main(argv=None) -> int:
     epochs = args.epochs or (1 if args.quick else 8)
     parts = set(args.parts.split(","))
     t0 = time.perf_counter()
-    res = {"command": "python benchmarks/metanet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": "python benchmarks/metanetworks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
            "nfn": HAVE_NFN, "seeds": seeds, "epochs": epochs, "max_train": args.max_train}
     torch.set_num_threads(max(1, os.cpu_count() or 1))
