@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from .canonical import canonicalize
-from .inputs import GraphEncoder, GraphInput, mlp
+from .base import GraphMetanet
+from .inputs import GraphInput, mlp
 
 
 class GMNLayer(MessagePassing):
@@ -69,7 +70,7 @@ class GMNLayer(MessagePassing):
         return f"{type(self).__name__}({self.hidden}, aggr={self.aggr!r})"
 
 
-class GMN(nn.Module, PyTorchModelHubMixin):
+class GMN(GraphMetanet, PyTorchModelHubMixin):
     """Graph metanetwork: an encoder, ``layers`` rounds of :class:`GMNLayer`, and heads.
 
     - ``model(graphs)`` -> [B, out_dim]: invariant (one vector per network: accuracy,
@@ -101,21 +102,8 @@ class GMN(nn.Module, PyTorchModelHubMixin):
         if canonical not in (None, "scale", "sign", "both"):
             raise ValueError(f"canonical must be None, 'scale', 'sign' or 'both', got {canonical!r}")
         self.canonical = canonical
-        self.encoder = GraphEncoder(in_width, hidden)
-        self.layers = nn.ModuleList(GMNLayer(hidden, aggr) for _ in range(layers))
-        self.readout = mlp([4 * hidden, hidden, out_dim])
-        self.edge_head = mlp([hidden, hidden, in_width if edge_out is None else edge_out])
-        self.node_head = mlp([hidden, hidden, node_out])
-
-    @property
-    def norm(self):
-        """Per-role input standardisation (``model.norm.fit(train_batches)``)."""
-        return self.encoder.norm
-
-    def fit_normalization(self, batches):
-        """Per-role standardisation of the weights from ``batches`` (a training split)."""
-        self.encoder.norm.fit(batches)
-        return self
+        self._build(nn.ModuleList(GMNLayer(hidden, aggr) for _ in range(layers)), in_width, hidden,
+                    out_dim, edge_out, node_out)
 
     def encode(self, graphs) -> tuple[GraphInput, Tensor, Tensor]:
         if self.canonical is not None:
@@ -124,25 +112,4 @@ class GMN(nn.Module, PyTorchModelHubMixin):
                                  f"weight space to canonicalise); got {type(graphs).__name__}")
             ws = graphs.space
             graphs = graphs.with_state_dicts(canonicalize(ws, ws.state_dicts(graphs), self.canonical))
-        g = GraphInput.of(graphs)
-        x, e = self.encoder(g)
-        for layer in self.layers:
-            x, e = layer(x, g.edge_index, e)
-        return g, x, e
-
-    def forward(self, graphs) -> Tensor:
-        g, x, e = self.encode(graphs)
-        return self.readout(torch.cat([g.pool_nodes(x), g.pool_edges(e)], -1))
-
-    def node_scores(self, graphs) -> Tensor:
-        _, x, _ = self.encode(graphs)
-        return self.node_head(x)
-
-    def edit(self, graphs):
-        _, _, e = self.encode(graphs)
-        out = self.edge_head(e).to(graphs.edge_attr.dtype)
-        if hasattr(graphs, "with_edge_attr"):
-            return graphs.with_edge_attr(out)
-        new = graphs.__copy__()
-        new.edge_attr = out
-        return new
+        return super().encode(graphs)

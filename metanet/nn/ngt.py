@@ -7,7 +7,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch_geometric.nn import TransformerConv
 
-from .inputs import GraphEncoder, GraphInput, mlp
+from .base import GraphMetanet
+from .inputs import mlp
 
 
 class NGTLayer(nn.Module):
@@ -69,46 +70,12 @@ class NGTLayer(nn.Module):
         return f"{type(self).__name__}({self.hidden}, heads={self.heads})"
 
 
-class NGT(nn.Module, PyTorchModelHubMixin):
+class NGT(GraphMetanet, PyTorchModelHubMixin):
     """Graph transformer metanetwork; the same interface as :class:`~metanet.nn.GMN`
     (``model(graphs)`` invariant, ``edit``, ``node_scores``)."""
 
     def __init__(self, in_width: int = 1, hidden: int = 64, layers: int = 3, heads: int = 4,
                  out_dim: int = 1, edge_out: int | None = None, node_out: int = 1):
         super().__init__()
-        self.encoder = GraphEncoder(in_width, hidden)
-        self.layers = nn.ModuleList(NGTLayer(hidden, heads) for _ in range(layers))
-        self.readout = mlp([4 * hidden, hidden, out_dim])
-        self.edge_head = mlp([hidden, hidden, in_width if edge_out is None else edge_out])
-        self.node_head = mlp([hidden, hidden, node_out])
-
-    @property
-    def norm(self):
-        return self.encoder.norm
-
-    def fit_normalization(self, batches):
-        """Per-role standardisation of the weights from ``batches`` (a training split)."""
-        self.encoder.norm.fit(batches)
-        return self
-
-    def encode(self, graphs):
-        g = GraphInput.of(graphs)
-        x, e = self.encoder(g)
-        for layer in self.layers:
-            x, e = layer(x, g.edge_index, e)
-        return g, x, e
-
-    def forward(self, graphs) -> Tensor:
-        g, x, e = self.encode(graphs)
-        return self.readout(torch.cat([g.pool_nodes(x), g.pool_edges(e)], -1))
-
-    def node_scores(self, graphs) -> Tensor:
-        return self.node_head(self.encode(graphs)[1])
-
-    def edit(self, graphs):
-        out = self.edge_head(self.encode(graphs)[2]).to(graphs.edge_attr.dtype)
-        if hasattr(graphs, "with_edge_attr"):
-            return graphs.with_edge_attr(out)
-        new = graphs.__copy__()
-        new.edge_attr = out
-        return new
+        self._build(nn.ModuleList(NGTLayer(hidden, heads) for _ in range(layers)), in_width, hidden,
+                    out_dim, edge_out, node_out)

@@ -1,0 +1,53 @@
+"""What GMN and NGT share: an encoder, a stack of (x, edge_attr) layers, and the heads."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .inputs import GraphEncoder, GraphInput, mlp
+
+
+class GraphMetanet(nn.Module):
+    """Encoder, ``layers`` (each ``(x, edge_index, edge_attr) -> (x, edge_attr)``), an
+    invariant readout (mean and max of nodes and edges) and equivariant node and edge
+    heads. Subclasses build the layers and may transform ``graphs`` in :meth:`encode`."""
+
+    def _build(self, layers: nn.ModuleList, in_width: int, hidden: int, out_dim: int,
+               edge_out: int | None, node_out: int) -> None:
+        self.encoder = GraphEncoder(in_width, hidden)
+        self.layers = layers
+        self.readout = mlp([4 * hidden, hidden, out_dim])
+        self.edge_head = mlp([hidden, hidden, in_width if edge_out is None else edge_out])
+        self.node_head = mlp([hidden, hidden, node_out])
+
+    @property
+    def norm(self):
+        """Per-role input standardisation (``model.norm.fit(train_batches)``)."""
+        return self.encoder.norm
+
+    def fit_normalization(self, batches):
+        """Per-role standardisation of the weights from ``batches`` (a training split)."""
+        self.encoder.norm.fit(batches)
+        return self
+
+    def encode(self, graphs) -> tuple[GraphInput, Tensor, Tensor]:
+        g = GraphInput.of(graphs)
+        x, e = self.encoder(g)
+        for layer in self.layers:
+            x, e = layer(x, g.edge_index, e)
+        return g, x, e
+
+    def forward(self, graphs) -> Tensor:
+        g, x, e = self.encode(graphs)
+        return self.readout(torch.cat([g.pool_nodes(x), g.pool_edges(e)], -1))
+
+    def node_scores(self, graphs) -> Tensor:
+        return self.node_head(self.encode(graphs)[1])
+
+    def edit(self, graphs):
+        out = self.edge_head(self.encode(graphs)[2]).to(graphs.edge_attr.dtype)
+        if hasattr(graphs, "with_edge_attr"):
+            return graphs.with_edge_attr(out)
+        new = graphs.__copy__()
+        new.edge_attr = out
+        return new
