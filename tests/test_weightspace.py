@@ -117,7 +117,7 @@ def test_symmetries_offered_where_they_hold():
 def _edge_table(g, relabel=None):
     ei = g.edge_index if relabel is None else relabel[g.edge_index]
     n = int(g.num_nodes)
-    key = ((g.edge_type * (int(g.edge_pos.max()) + 1 if g.edge_pos.numel() else 1) + g.edge_pos) * n + ei[0]) * n + ei[1]
+    key = ((g.edge_type.long() * (int(g.edge_pos.max()) + 1 if g.edge_pos.numel() else 1) + g.edge_pos) * n + ei[0]) * n + ei[1]
     order = torch.argsort(key)
     return key[order], g.edge_attr[order]
 

@@ -85,7 +85,8 @@ class ParamGraph(Data):
     Attributes: ``x`` [N, 3] node features (is_fixed, relative position among the fixed
     coordinates of its set, is_hub); ``node_type`` [N] node-set id; ``node_pos`` [N]
     position among fixed coordinates (0 for neurons of a group); ``edge_index`` [2, E]; ``edge_attr`` [E, width] weight values;
-    ``edge_type`` [E] weight-tensor id (or a structural type past the last tensor);
+    ``edge_type`` [E] (int8, int16 or int32) weight-tensor id (or a structural type past the
+    last tensor);
     ``edge_pos`` [E] (int16 or int32) chunk index within the (out, in) pair; ``extras``
     [1, K] non-weight state entries (e.g. BatchNorm step counters), float64; ``layout``
     and ``width``.
@@ -180,7 +181,7 @@ class GraphLayout:
                      self._advice())
         # fill preallocated arrays slice by slice: peak memory is the graph's own
         self.edge_index = torch.empty(2, E, dtype=torch.long)
-        self.edge_type = torch.empty(E, dtype=torch.long)
+        self.edge_type = torch.empty(E, dtype=_small_int(len(self.plans) + 2))   # tensors + 2 structural kinds
         self.edge_pos = torch.zeros(E, dtype=_small_int(max([p.chunks for p in self.plans] + [1])))
         for t, (p, (out_set, in_set)) in enumerate(zip(self.plans, sets)):
             sl = slice(p.edge_offset, p.edge_offset + p.num_edges)
@@ -201,9 +202,9 @@ class GraphLayout:
         self._node_features()
         self._universal_features(s2, d2)
 
-    #: bytes of structure per edge: edge_index 16, edge_type 8, edge_pos <= 4, edge_role 1,
+    #: bytes of structure per edge (at most): edge_index 16, edge_type 4, edge_pos 4, edge_role 1,
     #: edge_depth 2, edge_kpos 4
-    structure_bytes_per_edge = 35
+    structure_bytes_per_edge = 31
 
     def _universal_features(self, struct_src, struct_dst) -> None:
         """Edge roles, depths and kernel positions; node kinds and depths (see
