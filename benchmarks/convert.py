@@ -393,8 +393,9 @@ def write_markdown(res: dict) -> str:
               "node_type, node_pos, the role, depth and kernel-position features, extras); only edge_attr and "
               "extras are new per checkpoint, the rest is the layout's, shared by every graph of the "
               "architecture. Bytes per weight: graph bytes over the number of weights (a float32 weight is 4 "
-              "bytes; in the param layout each weight also carries int64 edge_index (16 bytes) and edge_type "
-              "(8), int8/int16 edge_pos, int8 role, float16 depth and kernel position). A "
+              "bytes; in the param layout each weight also carries int64 edge_index (16 bytes: PyG's message "
+              "passing indexes with int64), edge_type and edge_pos in the smallest integer type that holds "
+              "them, int8 role, float16 depth and kernel position). A "
               "`metanet.graph.SharedBatch` of many checkpoints holds the structure once: 4 bytes per weight "
               "plus one structure. `state_dict(g)` returns fresh tensors (never views of `g.edge_attr`).",
               "",
