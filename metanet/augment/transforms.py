@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 
-from ..space.weightspace import Permutation, WeightSpace
+from ..space.weightspace import WeightSpace
 from ..trace.graph import Param, Ref
 
 Stack = Mapping[str, torch.Tensor]

@@ -19,7 +19,7 @@ neurons cannot change them (equivariance holds as before).
 """
 from __future__ import annotations
 
-from ..trace.graph import Param, Ref
+from ..trace.graph import Param
 
 #: edge roles; the order is stable (metanetworks embed the index)
 ROLES: tuple[str, ...] = (

@@ -527,7 +527,7 @@ class GraphLayout:
             self._check_dtypes(stacked)
         B = int(next(iter(stacked.values())).shape[0])
         dev = stacked[self.ws.weights[0]].device if self.ws.weights else torch.device("cpu")
-        N, E = self.num_nodes, self.num_edges
+        E = self.num_edges
         check_memory(self.graph_bytes(B), f"a batch of {B} graphs ({self.layout} layout, {E:,} edges each)",
                      "convert in smaller batches, or use a shared-structure batch "
                      "(metanet.graph.SharedBatch: one structure for all checkpoints)")

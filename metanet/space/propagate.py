@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from math import prod
 from typing import Any
 
 from ..trace.graph import Const, OpGraph, OpNode, Param, Ref
