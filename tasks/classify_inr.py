@@ -72,10 +72,13 @@ def _confusion(logits, y, out: Path) -> None:
     plt.close(fig)
 
 
-def run(config: INRConfig) -> Result:
+def run(config: INRConfig, transform=None) -> Result:
+    """Train and test; ``transform``: a :mod:`metanet.augment` transform or MixUp of the
+    zoo's weight space applied to every training batch (MixUp's soft class rows are
+    valid cross-entropy targets)."""
     def ce(logits, y):
         return F.cross_entropy(logits, y)
 
     return fit(config, out_dim=config.num_classes, loss_fn=ce, scores_fn=_scores, key="acc",
                target_fn=lambda view: view.targets(config.target, dtype=torch.long),
-               split_by="image", plot_fn=_confusion)
+               split_by="image", plot_fn=_confusion, transform=transform)

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["AccuracyConfig", "Result", "run", "kendall_tau", "r2_score", "zoo_batches", "build_model",
+__all__ = ["AccuracyConfig", "Result", "run", "kendall_tau", "r2_score", "zoo_batches", "apply_transform", "build_model",
            "load_model", "predict"]
 
 
@@ -121,20 +121,42 @@ def _by_arch(zoo, positions) -> dict[tuple, list[int]]:
     return groups
 
 
+def apply_transform(transform: Callable | None, stack: dict, y: torch.Tensor | None):
+    """``(stack, y)`` after a batch transform: a weight-space augmentation maps the
+    stack (``transform(stack)``); a MixUp maps both (``transform(stack, y)``, labels
+    mixed, integer classes as one-hot rows)."""
+    if transform is None:
+        return stack, y
+    from metanet.augment import MixUp
+
+    if isinstance(transform, MixUp):
+        return transform(stack, y) if y is not None else (transform(stack), None)
+    return transform(stack), y
+
+
 def zoo_batches(zoo, batch_size: int, layout: str = "compact", *, target: str | None = None,
-                shuffle: bool = False, seed: int = 0, target_fn: Callable | None = None
-                ) -> Iterator[tuple[object, torch.Tensor | None]]:
+                shuffle: bool = False, seed: int = 0, target_fn: Callable | None = None,
+                transform: Callable | None = None) -> Iterator[tuple[object, torch.Tensor | None]]:
     """Stream ``(graphs, targets)`` batches from a zoo view: a SharedBatch where a batch
     holds one architecture, else a padded PyG Batch (metanet.graph.collate). Targets come
-    from field ``target`` (or ``target_fn(zoo_view)``)."""
+    from field ``target`` (or ``target_fn(zoo_view)``). ``transform`` (a
+    :mod:`metanet.augment` transform or MixUp of the zoo's weight space) maps each
+    batch's stacked weights, and MixUp its targets, before conversion; it needs batches
+    of one architecture."""
     from metanet.graph import SharedBatch, collate
 
     order = np.random.default_rng(seed).permutation(len(zoo)) if shuffle else np.arange(len(zoo))
     for a in range(0, len(order), batch_size):
         pos = order[a:a + batch_size].tolist()
         groups = _by_arch(zoo, pos)
+        view = zoo.subset(pos)
+        y = target_fn(view) if target_fn is not None else (view.targets(target) if target else None)
         if len(groups) == 1:
-            graphs = SharedBatch.of(zoo.weight_space(pos[0]), zoo.stacked(pos), layout)
+            stack, y = apply_transform(transform, zoo.stacked(pos), y)
+            graphs = SharedBatch.of(zoo.weight_space(pos[0]), stack, layout)
+        elif transform is not None:
+            raise ValueError(f"a batch transform maps stacks of one architecture; this batch holds "
+                             f"{len(groups)}: filter the zoo (zoo.where(arch=...)) or train without one")
         else:   # mixed: convert each architecture at once, then one padded batch in order
             where = {}
             for group in groups.values():
@@ -142,8 +164,6 @@ def zoo_batches(zoo, batch_size: int, layout: str = "compact", *, target: str | 
                 for p, d in zip(group, b.to_data_list()):
                     where[p] = d
             graphs = collate([where[p] for p in pos])
-        view = zoo.subset(pos)
-        y = target_fn(view) if target_fn is not None else (view.targets(target) if target else None)
         yield graphs, y
 
 
@@ -165,15 +185,17 @@ class Preloaded:
     def __len__(self) -> int:
         return len(next(iter(self.stacked.values())))
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0):
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
+                transform: Callable | None = None):
         from metanet.graph import SharedBatch
 
         n = len(self)
         order = torch.from_numpy(np.random.default_rng(seed).permutation(n)) if shuffle else torch.arange(n)
         for a in range(0, n, batch_size):
             idx = order[a:a + batch_size]
-            sb = SharedBatch.of(self.ws, {k: v[idx] for k, v in self.stacked.items()}, self.layout, check=False)
-            yield sb, (None if self.y is None else self.y[idx])
+            stack, y = apply_transform(transform, {k: v[idx] for k, v in self.stacked.items()},
+                                       None if self.y is None else self.y[idx])
+            yield SharedBatch.of(self.ws, stack, self.layout, check=False), y
 
 
 # ----------------------------------------------------------------------------- model
@@ -227,10 +249,14 @@ def _regression_scores(pred, y) -> dict:
 
 
 def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callable | None = None,
-        split_by: str = "job", plot_fn: Callable | None = None, model: torch.nn.Module | None = None) -> Result:
+        split_by: str = "job", plot_fn: Callable | None = None, model: torch.nn.Module | None = None,
+        transform: Callable | None = None) -> Result:
     """The training loop shared by the metanetwork tasks (see the module docstring).
     ``model``: a ready metanetwork instead of ``config.model`` (e.g. a baseline from
-    another package; it needs ``fit_normalization`` and ``save_pretrained``)."""
+    another package; it needs ``fit_normalization`` and ``save_pretrained``).
+    ``transform``: a weight-space augmentation (or MixUp) applied to every training
+    batch, never to validation or test batches (see :func:`apply_transform`); with MixUp
+    the loss receives mixed targets (soft class rows for a classifier)."""
     from tqdm.auto import tqdm
     from zoo import Zoo
 
@@ -249,14 +275,14 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
 
     cache: dict[int, Preloaded] = {}
 
-    def batches(view, shuffle=False, epoch=0):
+    def batches(view, shuffle=False, epoch=0, transform=None):
         seed = config.seed * 1000 + epoch
         if config.preload and len(_by_arch(view, range(len(view)))) == 1:
             if id(view) not in cache:
                 cache[id(view)] = Preloaded(view, config.layout, tgt, target_fn)
-            return cache[id(view)].batches(config.batch_size, shuffle, seed)
+            return cache[id(view)].batches(config.batch_size, shuffle, seed, transform)
         return zoo_batches(view, config.batch_size, config.layout, target=tgt, target_fn=target_fn,
-                           shuffle=shuffle, seed=seed)
+                           shuffle=shuffle, seed=seed, transform=transform)
 
     # model, with its input statistics from (a few) training batches
     if model is None:
@@ -273,7 +299,7 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
         model.train()
         total, count = 0.0, 0
         t_ep = time.perf_counter()
-        bar = tqdm(batches(train, shuffle=True, epoch=epoch), total=steps_per_epoch,
+        bar = tqdm(batches(train, shuffle=True, epoch=epoch, transform=transform), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
         for graphs, y in bar:
             loss = loss_fn(model(graphs), y)
