@@ -21,8 +21,8 @@ Options common to all recipes:
 * ``data_root`` — folder holding local copies of torchvision-format datasets.
 
 Recipes: ``digits_cnn``, ``digits_mlp``, ``mnist1d_cnn``, ``mnist1d_mlp``,
-``digits_siren``, ``shapes_siren``, ``mixed``, and ``mnist_cnn`` / ``fashion_mnist_cnn``
-(Small CNN Zoo setting; need local data).
+``digits_cnn_wide``, ``digits_siren``, ``shapes_siren``, ``mixed``, and ``mnist_cnn`` /
+``fashion_mnist_cnn`` (Small CNN Zoo setting; need local data).
 """
 from __future__ import annotations
 
@@ -184,6 +184,26 @@ register_recipe(Recipe(
     defaults={"steps": [0, 1, 5, 10, 20]},
 ))
 
+def _digits_cnn_wide(i: int, rng: np.random.Generator, opts: dict) -> dict:
+    """The digits CNN made wider and/or deeper (never its own 16 channels x 3 layers)."""
+    shapes = [(c, n) for c in (16, 24, 32) for n in (3, 4) if (c, n) != (16, 3)]
+    channels, n_layers = shapes[int(rng.integers(len(shapes)))]
+    job = _classifier("small_cnn", dict(in_channels=1, padding=1, input_size=8, channels=channels,
+                                        n_layers=n_layers), "digits",
+                      dict(optimizer="adam", lr=1e-2, schedule="cosine", batch_size=32,
+                           activation="relu"))(i, rng, opts)
+    return job
+
+
+register_recipe(Recipe(
+    "digits_cnn_wide",
+    "The digits CNN of recipe digits_cnn made wider and/or deeper (16, 24 or 32 channels, "
+    "3 or 4 convolutions, not 16 x 3), Small-CNN-Zoo hyperparameters: architectures a "
+    "metanetwork trained on digits_cnn never saw.",
+    _digits_cnn_wide, defaults={"steps": [0, 1, 2, 5, 10, 20]},
+))
+
+
 for _ds in ("mnist", "fashion_mnist"):
     register_recipe(Recipe(
         f"{_ds}_cnn",
@@ -251,6 +271,8 @@ def _inr(dataset: str):
         data_kwargs = {}
         if dataset == "shapes":
             data_kwargs = dict(n_train=int(opts["n_images"]), n_test=0, size=int(opts["image_size"]))
+        elif opts.get("image_size") is not None:
+            data_kwargs = dict(resize=int(opts["image_size"]))
         return dict(arch="siren", arch_kwargs=kw, task="inr", dataset=dataset, hparams=hp,
                     data_kwargs=data_kwargs,
                     meta={"image": image, "label": int(opts["_labels"][image]),
@@ -262,10 +284,14 @@ def _inr(dataset: str):
 
 register_recipe(Recipe(
     "digits_siren",
-    "INR zoo: one SIREN (2-32-32-1) per scikit-learn digits image; label = the digit; "
-    "`views` fits of each image from different seeds.",
+    "INR zoo: one SIREN (2-32-32-1) per scikit-learn digits image, resampled to "
+    "`image_size` pixels a side (28: more pixels than the SIREN's 1,185 weights, so the "
+    "fit must encode the image; at the native 8x8 it interpolates 64 pixels and its "
+    "weights stay close to their random start); label = the digit; `views` fits of each "
+    "image from different seeds.",
     _inr("digits"), prepare=_inr_prepare("digits"),
-    defaults={"steps": [0, 100, 300], "views": 2, "hidden": 32, "n_layers": 3, "lr": 1e-3},
+    defaults={"steps": [0, 200, 1000], "views": 2, "hidden": 32, "n_layers": 3, "lr": 1e-3,
+              "image_size": 28},
 ))
 
 register_recipe(Recipe(
