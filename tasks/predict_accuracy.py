@@ -32,6 +32,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from . import torchrun
+
 __all__ = ["AccuracyConfig", "Result", "run", "kendall_tau", "r2_score", "zoo_batches", "apply_transform", "build_model",
            "load_model", "predict"]
 
@@ -136,18 +138,24 @@ def apply_transform(transform: Callable | None, stack: dict, y: torch.Tensor | N
 
 def zoo_batches(zoo, batch_size: int, layout: str = "compact", *, target: str | None = None,
                 shuffle: bool = False, seed: int = 0, target_fn: Callable | None = None,
-                transform: Callable | None = None) -> Iterator[tuple[object, torch.Tensor | None]]:
+                transform: Callable | None = None, shard: tuple[int, int] = (0, 1)
+                ) -> Iterator[tuple[object, torch.Tensor | None]]:
     """Stream ``(graphs, targets)`` batches from a zoo view: a SharedBatch where a batch
     holds one architecture, else a padded PyG Batch (metanet.graph.collate). Targets come
     from field ``target`` (or ``target_fn(zoo_view)``). ``transform`` (a
     :mod:`metanet.augment` transform or MixUp of the zoo's weight space) maps each
     batch's stacked weights, and MixUp its targets, before conversion; it needs batches
-    of one architecture."""
+    of one architecture. ``shard=(rank, world)``: only rows ``rank::world`` of each batch
+    are read (a torchrun process's share; ``(None, empty targets)`` when a short last
+    batch leaves it none)."""
     from metanet.graph import SharedBatch, collate
 
     order = np.random.default_rng(seed).permutation(len(zoo)) if shuffle else np.arange(len(zoo))
     for a in range(0, len(order), batch_size):
-        pos = order[a:a + batch_size].tolist()
+        pos = order[a:a + batch_size].tolist()[shard[0]::shard[1]]
+        if not pos:
+            yield None, torch.empty(0)
+            continue
         groups = _by_arch(zoo, pos)
         view = zoo.subset(pos)
         y = target_fn(view) if target_fn is not None else (view.targets(target) if target else None)
@@ -186,13 +194,16 @@ class Preloaded:
         return len(next(iter(self.stacked.values())))
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
-                transform: Callable | None = None):
+                transform: Callable | None = None, shard: tuple[int, int] = (0, 1)):
         from metanet.graph import SharedBatch
 
         n = len(self)
         order = torch.from_numpy(np.random.default_rng(seed).permutation(n)) if shuffle else torch.arange(n)
         for a in range(0, n, batch_size):
-            idx = order[a:a + batch_size]
+            idx = order[a:a + batch_size][shard[0]::shard[1]]   # this process's rows (see zoo_batches)
+            if len(idx) == 0:
+                yield None, torch.empty(0)
+                continue
             stack, y = apply_transform(transform, {k: v[idx] for k, v in self.stacked.items()},
                                        None if self.y is None else self.y[idx])
             yield SharedBatch.of(self.ws, stack, self.layout, check=False), y
@@ -256,11 +267,19 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     another package; it needs ``fit_normalization`` and ``save_pretrained``).
     ``transform``: a weight-space augmentation (or MixUp) applied to every training
     batch, never to validation or test batches (see :func:`apply_transform`); with MixUp
-    the loss receives mixed targets (soft class rows for a classifier)."""
+    the loss receives mixed targets (soft class rows for a classifier).
+
+    Under ``torchrun`` (see :mod:`tasks.torchrun`) each process trains on its share of
+    every global batch and gradients are summed across processes, so the run follows the
+    one-process run with the same ``batch_size`` to float rounding (a transform draws its
+    randomness per share, so with one it does not); rank 0 evaluates, logs and saves, and
+    the other processes return a Result without scores."""
     from tqdm.auto import tqdm
     from zoo import Zoo
 
     t0 = time.perf_counter()
+    rank, world = torchrun.init()   # read once: below, only the batch share, logging and saving use them
+    main = rank == 0
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -275,71 +294,84 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
 
     cache: dict[int, Preloaded] = {}
 
-    def batches(view, shuffle=False, epoch=0, transform=None):
+    def batches(view, shuffle=False, epoch=0, transform=None, shard=(0, 1)):
         seed = config.seed * 1000 + epoch
         if config.preload and len(_by_arch(view, range(len(view)))) == 1:
             if id(view) not in cache:
                 cache[id(view)] = Preloaded(view, config.layout, tgt, target_fn)
-            return cache[id(view)].batches(config.batch_size, shuffle, seed, transform)
+            return cache[id(view)].batches(config.batch_size, shuffle, seed, transform, shard)
         return zoo_batches(view, config.batch_size, config.layout, target=tgt, target_fn=target_fn,
-                           shuffle=shuffle, seed=seed, transform=transform)
+                           shuffle=shuffle, seed=seed, transform=transform, shard=shard)
 
     # model, with its input statistics from (a few) training batches
     if model is None:
         model = build_model(config.model, train, layout=config.layout, hidden=config.hidden,
                             layers=config.layers, out_dim=out_dim)
     model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
+    torchrun.broadcast(model)       # every process starts from rank 0's model
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * steps_per_epoch))
     # loop: train one epoch, evaluate on validation, keep the best
     best, best_epoch, history, seen, train_s = -math.inf, -1, [], 0, 0.0
-    log = (out / "metrics.jsonl").open("w")
+    log = (out / "metrics.jsonl").open("w") if main else None
     for epoch in range(config.epochs):
         model.train()
         total, count = 0.0, 0
         t_ep = time.perf_counter()
-        bar = tqdm(batches(train, shuffle=True, epoch=epoch, transform=transform), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
-        for graphs, y in bar:
-            loss = loss_fn(model(graphs), y)
+        bar = tqdm(batches(train, shuffle=True, epoch=epoch, transform=transform, shard=(rank, world)),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not (config.progress and main), leave=False)
+        for step, (graphs, y) in enumerate(bar):
+            n = min(config.batch_size, len(train) - step * config.batch_size)   # the global batch
+            # this process's rows, weighted by their share of the global batch (all of it in
+            # one process); the sum over processes is the global batch's loss and gradient
+            loss = loss_fn(model(graphs), y) * (len(y) / n) if len(y) else torch.zeros(())
             opt.zero_grad()
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
+            loss = float(torchrun.sum_gradients(model.parameters(), loss)[0])
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
-            total, count = total + loss.item() * len(y), count + len(y)
+            total, count = total + loss * n, count + n
             bar.set_postfix(loss=f"{total / count:.4g}")
         train_s += time.perf_counter() - t_ep
         seen += count
-        pred, y = predict(model, batches(val))
-        scores = scores_fn(pred, y)
-        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()},
-               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        # checkpoint: the best by the validation score, explicitly tracked
-        if not math.isnan(scores[key]) and scores[key] > best:
-            best, best_epoch = scores[key], epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.save_pretrained(str(out / "best"))
-            (out / "best" / "task.json").write_text(json.dumps(
-                {"model": config.model, "epoch": best_epoch, "config": asdict(config), "val": scores}, indent=1))
-        if config.progress:
-            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4g}, val {key} {scores[key]:.4f}")
-    log.close()
+        if main:   # evaluate, log and keep the best on rank 0; the others wait at the barrier
+            pred, y = predict(model, batches(val))
+            scores = scores_fn(pred, y)
+            row = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
+                   **{f"val_{k}": v for k, v in scores.items()},
+                   "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+            history.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            # checkpoint: the best by the validation score, explicitly tracked
+            if not math.isnan(scores[key]) and scores[key] > best:
+                best, best_epoch = scores[key], epoch + 1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.save_pretrained(str(out / "best"))
+                (out / "best" / "task.json").write_text(json.dumps(
+                    {"model": config.model, "epoch": best_epoch, "config": asdict(config), "val": scores}, indent=1))
+            if config.progress:
+                print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4g}, val {key} {scores[key]:.4f}")
+        torchrun.barrier()
     # test once, with the best model
-    if best_epoch > 0:
-        model.load_state_dict(best_state)
-    pred, y = predict(model, batches(test))
-    test_scores = scores_fn(pred, y)
-    val_scores = history[best_epoch - 1] if best_epoch > 0 else {}
-    (out / "result.json").write_text(json.dumps({"best_epoch": best_epoch, "test": test_scores,
-                                                 "val": val_scores, "config": asdict(config)}, indent=1))
-    _plot_curves(history, key, out / "learning_curves.png")
-    if plot_fn is not None:
-        plot_fn(pred, y, out)
+    val_scores, test_scores = {}, {}
+    if main:
+        log.close()
+        if best_epoch > 0:
+            model.load_state_dict(best_state)
+        pred, y = predict(model, batches(test))
+        test_scores = scores_fn(pred, y)
+        val_scores = history[best_epoch - 1] if best_epoch > 0 else {}
+        (out / "result.json").write_text(json.dumps({"best_epoch": best_epoch, "test": test_scores,
+                                                     "val": val_scores, "config": asdict(config)}, indent=1))
+        _plot_curves(history, key, out / "learning_curves.png")
+        if plot_fn is not None:
+            plot_fn(pred, y, out)
+    torchrun.close()
     return Result(best_epoch, str(out / "best"), val_scores, test_scores, history,
                   time.perf_counter() - t0, seen / train_s if train_s else 0.0)
 

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import torchrun
+
 __all__ = ["PredictInitConfig", "PredictInitResult", "run", "sample_archs", "build_arch",
            "predicted_accuracy", "accuracy", "calibrate_norms", "VAL_SEED0"]
 
@@ -220,34 +222,6 @@ def _atomic_dir(save, final: Path) -> None:
         shutil.rmtree(old)
 
 
-# ---------------------------------------------------------------------------------- torchrun
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; joins the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _sum_across_processes(ghn: nn.Module, seen_before: torch.Tensor, loss: torch.Tensor) -> float:
-    """Sum gradients, op-kind counts and the loss over processes; returns the loss."""
-    import torch.distributed as dist
-
-    grads = [p.grad for p in ghn.parameters()]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [ghn.kinds_seen - seen_before, loss.detach().reshape(1)])
-    dist.all_reduce(flat)
-    n = 0
-    for g in grads:
-        g.copy_(flat[n:n + g.numel()].view_as(g))
-        n += g.numel()
-    ghn.kinds_seen.copy_(seen_before + flat[n:n + ghn.kinds_seen.numel()])
-    return float(flat[-1])
-
-
 # ---------------------------------------------------------------------------------------- run
 def run(config: PredictInitConfig) -> PredictInitResult:
     from tqdm.auto import tqdm
@@ -256,7 +230,7 @@ def run(config: PredictInitConfig) -> PredictInitResult:
     from zoo.data import load_dataset
 
     cfg = config
-    rank, world = _distributed()          # read once; below only logging and saving depend on it
+    rank, world = torchrun.init()         # read once; below only logging and saving depend on it
     main = rank == 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +306,10 @@ def run(config: PredictInitConfig) -> PredictInitResult:
         for p in ghn.parameters():   # every process updates every parameter alike
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        loss_value = _sum_across_processes(ghn, seen, loss) if world > 1 else loss.item()
+        # sum gradients, op-kind counts and the loss over processes (no-op in one process)
+        new_kinds, loss_sum = torchrun.sum_gradients(ghn.parameters(), ghn.kinds_seen - seen, loss)
+        ghn.kinds_seen.copy_(seen + new_kinds)
+        loss_value = float(loss_sum)
         gnorm = float(torch.nn.utils.clip_grad_norm_(ghn.parameters(), cfg.grad_clip))
         if math.isfinite(gnorm):   # a non-finite gradient skips the step instead of poisoning the GHN
             opt.step()
@@ -353,8 +330,7 @@ def run(config: PredictInitConfig) -> PredictInitResult:
         if done == cfg.stop_at:
             break
     bar.close()
-    if world > 1:
-        torch.distributed.barrier()
+    torchrun.barrier()
     if main and not best_dir.exists():  # resumed after the last step: nothing new to compare
         _atomic_dir(lambda d: ghn.save_pretrained(d), best_dir)
     if main:
