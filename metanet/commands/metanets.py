@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import fields
 
 
@@ -35,6 +36,8 @@ def _config(config_cls, args, **extra):
 
 
 def _report(result) -> int:
+    if os.environ.get("RANK", "0") != "0":   # under torchrun rank 0 reports for every process
+        return 0
     print(json.dumps({"best_epoch": result.best_epoch, "best_dir": result.best_dir, "test": result.test,
                       "seconds": round(result.seconds, 1)}, indent=1))
     return 0
@@ -112,17 +115,13 @@ def _predict(args) -> int:
     if not args.arch:
         raise SystemExit("metanet predict --checkpoint needs --arch (and --arch-kwargs) to trace the network")
     from metanet.graph import SharedBatch
+    from zoo.importers import load_checkpoint_file
     from zoo.models import create
 
     from ..space.weightspace import WeightSpace
 
     net = create(args.arch, **json.loads(args.arch_kwargs))
-    if args.checkpoint.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(args.checkpoint)
-    else:
-        sd = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    sd = load_checkpoint_file(args.checkpoint)   # safetensors, or torch.load without pickle
     ws = WeightSpace.of(net, net.example_input())
     with torch.no_grad():
         out = model(SharedBatch.of(ws, {k: v.unsqueeze(0) for k, v in sd.items()}, layout))[0]
