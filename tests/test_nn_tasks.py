@@ -76,3 +76,31 @@ def test_train_and_predict_commands(cnn_zoo, tmp_path, capsys):
     with torch.no_grad():
         expect = loaded(next(zoo_batches(z.subset(range(5)), 5))[0]).squeeze(-1)
     torch.testing.assert_close(torch.tensor([r["prediction"] for r in lines]), expect)
+
+
+def test_predict_command_on_one_checkpoint_file(cnn_zoo, tmp_path, capsys):
+    """`metanet predict --checkpoint FILE --arch NAME` gives the prediction the zoo path
+    gives for the same checkpoint, from safetensors, a plain .pt and a wrapped .pt."""
+    from safetensors.torch import save_file
+
+    out = tmp_path / "cli"
+    assert main(["train", "accuracy", "--zoo", str(cnn_zoo), "--model", "statnn", "--out", str(out),
+                 "--epochs", "1", "--batch-size", "8", "--hidden", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    z = Zoo.open(cnn_zoo)
+    assert main(["predict", "--model", str(out / "best"), "--zoo", str(cnn_zoo), "--limit", "6"]) == 0
+    by_zoo = [json.loads(line)["prediction"] for line in capsys.readouterr().out.splitlines()]
+    assert len(set(by_zoo)) > 1   # the checkpoints get different predictions: a wrong one shows
+    for i in (1, 4):
+        rec, sd = z.record(i), z.state_dict(i)
+        files = {"sd.safetensors": None, "sd.pt": sd, "wrapped.pt": {"state_dict": sd}}
+        save_file(sd, tmp_path / "sd.safetensors")
+        for name, obj in files.items():
+            if obj is not None:
+                torch.save(obj, tmp_path / name)
+            assert main(["predict", "--model", str(out / "best"), "--checkpoint", str(tmp_path / name),
+                         "--arch", rec["arch"], "--arch-kwargs", json.dumps(rec["arch_kwargs"])]) == 0
+            got = json.loads(capsys.readouterr().out)
+            assert got["prediction"] == pytest.approx(by_zoo[i], rel=1e-5, abs=1e-6), (i, name)
+    with pytest.raises(SystemExit, match="--arch"):
+        main(["predict", "--model", str(out / "best"), "--checkpoint", str(tmp_path / "sd.pt")])
