@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..space.structure import index_map
+from .hf import is_hf_model, update_config, update_kv_groups
 from .modules import PruneError, ResizeContext, known_types, resizer_for, update_head_attributes
 
 Keep = dict[int, torch.Tensor]
@@ -179,6 +180,48 @@ def keep_top(ws, scores: Mapping[int, torch.Tensor], ratio: float | Mapping[int,
     return out
 
 
+def keep_global(ws, scores: Mapping[int, torch.Tensor], ratio: float,
+                groups: Sequence[int] | None = None) -> Keep:
+    """Keep the highest-scoring neurons over all scored groups together: the ``ratio`` of
+    all their neurons with the lowest scores is removed, wherever they are (at least one
+    neuron of each group stays). Layers lose different fractions; this fits scores that
+    are comparable across groups (e.g. group norms driven apart by a group lasso), not raw
+    magnitudes of layers of different scales."""
+    if not 0 <= ratio < 1:
+        raise PruneError(f"ratio must be in [0, 1) (the fraction of all neurons removed), got {ratio}")
+    sel = sorted(set(scores) if groups is None else {int(g) for g in groups} & set(scores))
+    if not sel:
+        return {}
+    flat = torch.cat([scores[g].to(torch.float64) for g in sel])
+    n_remove = int(round(flat.numel() * ratio))
+    if n_remove == 0:
+        return {}
+    threshold = flat.sort().values[n_remove - 1]
+    out: Keep = {}
+    for gid in sel:
+        s = scores[gid].to(torch.float64)
+        kept = (s > threshold).nonzero().flatten()
+        if kept.numel() == 0:
+            kept = s.argmax().reshape(1)
+        if kept.numel() < s.numel():
+            out[gid] = kept.sort().values
+    return out
+
+
+ALLOCATIONS = ("uniform", "global")
+
+
+def _keep_for(ws, scores, ratio, groups, allocation: str) -> Keep:
+    if allocation == "uniform":
+        return keep_top(ws, scores, ratio, groups)
+    if allocation == "global":
+        if isinstance(ratio, Mapping):
+            raise PruneError("allocation='global' takes one ratio (the fraction of all neurons removed), "
+                             "not one per group")
+        return keep_global(ws, scores, ratio, groups)
+    raise PruneError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+
+
 # -- applying a plan ----------------------------------------------------------------------------------
 @dataclass
 class _Plan:
@@ -311,6 +354,11 @@ def prune_model(ws, model: nn.Module, keep: Mapping[int, Any], example_inputs: A
         m = modules[path]
         if resizer_for(m) is None:
             update_head_attributes(m, path, prods)
+            update_kv_groups(m, path)
+
+    # 4. a Hugging Face model's config takes the new sizes (save_pretrained / from_pretrained)
+    if is_hf_model(new):
+        update_config(model, new)
 
     if verify:
         _check_runs(model, new, _as_inputs(example_inputs), kwargs or {}, ws, plan, unlisted)
@@ -484,7 +532,7 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
           ratio: float | Mapping[int, float] | None = None, keep: Mapping[int, Any] | None = None,
           speedup: float | None = None, groups: Sequence[int] | None = None, kwargs: dict | None = None,
           generator: torch.Generator | None = None, latency: bool = True, ws=None,
-          progress: Callable[[str], None] | None = None) -> PruneResult:
+          allocation: str = "uniform", progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune ``model`` group by group; return the pruned copy with before/after counts.
 
     Give exactly one of:
@@ -495,7 +543,10 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
                   reaches it, found by bisection.
     ``criterion`` scores neurons: "random", "magnitude"/"l2", "l1", or learned scores
     ``{group id: tensor [size]}`` (see :func:`scores_for`). ``groups`` restricts pruning
-    to those group ids (default: every group). ``model`` itself is never modified."""
+    to those group ids (default: every group). ``allocation``: "uniform" removes the same
+    fraction of every group; "global" removes the lowest scores over all groups together
+    (:func:`keep_global`; the ratio is then the fraction of all neurons). ``model`` itself
+    is never modified."""
     given = [n for n, v in (("keep", keep), ("ratio", ratio), ("speedup", speedup)) if v is not None]
     if len(given) != 1:
         raise PruneError("give exactly one of keep={group: indices}, ratio=fraction removed or speedup=target "
@@ -515,9 +566,10 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
         if speedup is not None:
             if not speedup > 1:
                 raise PruneError(f"speedup must be > 1 (a FLOP reduction factor), got {speedup}")
-            chosen = _search_ratio(ws, model, inputs, kwargs, scores, groups, before.flops / speedup, say)
+            chosen = _search_ratio(ws, model, inputs, kwargs, scores, groups, before.flops / speedup, say,
+                                   allocation)
             ratio = chosen
-        keep = keep_top(ws, scores, ratio, groups)
+        keep = _keep_for(ws, scores, ratio, groups, allocation)
         if not keep:
             say("nothing to remove at this ratio")
     else:
@@ -534,10 +586,11 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
                        {g: (ws.groups[g].size, int(idx.numel())) for g, idx in keep.items()})
 
 
-def _search_ratio(ws, model, inputs, kwargs, scores, groups, target: float, say) -> float:
-    """The smallest uniform ratio (to 1/256) whose pruned model needs at most ``target`` FLOPs."""
+def _search_ratio(ws, model, inputs, kwargs, scores, groups, target: float, say,
+                  allocation: str = "uniform") -> float:
+    """The smallest ratio (to 1/256) whose pruned model needs at most ``target`` FLOPs."""
     def flops(r: float) -> int:
-        plan = keep_top(ws, scores, r, groups)
+        plan = _keep_for(ws, scores, r, groups, allocation)
         return count_flops(prune_model(ws, model, plan, check=False), inputs, kwargs)
 
     lo, hi = 0.0, 255 / 256
