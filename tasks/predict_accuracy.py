@@ -263,6 +263,8 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
         split_by: str = "job", plot_fn: Callable | None = None, model: torch.nn.Module | None = None,
         transform: Callable | None = None) -> Result:
     """The training loop shared by the metanetwork tasks (see the module docstring).
+    ``split_by``: the record field whose values stay in one part of the split (a zoo whose
+    records all lack it, such as imported INRs, splits by network).
     ``model``: a ready metanetwork instead of ``config.model`` (e.g. a baseline from
     another package; it needs ``fit_normalization`` and ``save_pretrained``).
     ``transform``: a weight-space augmentation (or MixUp) applied to every training
@@ -287,6 +289,8 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     zoo = Zoo.open(config.zoo)
     if config.steps == "last":
         zoo = zoo.where(step="last")
+    if all(v is None for v in zoo.column(split_by)):
+        split_by = "job"   # e.g. imported INRs: no "image" field, one network per image
     train, val, test = zoo.split(list(config.split), seed=config.split_seed, by=split_by)
     if config.max_train is not None and len(train) > config.max_train:
         train = train.subset(np.random.default_rng(config.seed).permutation(len(train))[:config.max_train].tolist())

@@ -104,3 +104,25 @@ def test_predict_command_on_one_checkpoint_file(cnn_zoo, tmp_path, capsys):
             assert got["prediction"] == pytest.approx(by_zoo[i], rel=1e-5, abs=1e-6), (i, name)
     with pytest.raises(SystemExit, match="--arch"):
         main(["predict", "--model", str(out / "best"), "--checkpoint", str(tmp_path / "sd.pt")])
+
+
+def test_train_commands_on_imported_public_zoos(tmp_path, capsys):
+    """The README's path for the real Small CNN Zoo and DWSNets INRs: import, then train
+    (files written here in the public formats; imported INRs carry no "image" field, so
+    the INR split falls back to one network per part)."""
+    from test_zoo_importers import DWS_KEYS, _siren_sd, _write_small_cnn_zoo
+
+    _write_small_cnn_zoo(tmp_path / "mnist", n_nets=10, steps=(0, 86))
+    for i in range(30):
+        p = tmp_path / "mnist-inrs" / f"mnist_png_training_{i % 10}_{i}" / "checkpoints" / "model_final.pth"
+        p.parent.mkdir(parents=True)
+        torch.save(_siren_sd(DWS_KEYS, i), p)
+    for fmt, src, kind, model in [("smallcnnzoo", "mnist", "accuracy", "statnn"),
+                                  ("dwsnets", "mnist-inrs", "inr", "nfn")]:
+        z = tmp_path / f"zoo_{fmt}"
+        assert main(["zoo", "import", "--format", fmt, str(tmp_path / src), "--out", str(z), "--quiet"]) == 0
+        assert main(["train", kind, "--zoo", str(z), "--model", model, "--out", str(tmp_path / kind),
+                     "--epochs", "1", "--batch-size", "8", "--hidden", "8", "--layers", "1", "--quiet"]) == 0
+        capsys.readouterr()
+        result = json.loads((tmp_path / kind / "result.json").read_text())
+        assert ("tau" if kind == "accuracy" else "acc") in result["test"]
