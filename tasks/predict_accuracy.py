@@ -16,6 +16,7 @@ AdamW with a cosine schedule; each epoch one pass over the training split, then 
 evaluation on the validation split; the best model by validation τ saved as
 safetensors + config (``PyTorchModelHubMixin``), never the latest as "best"; metrics as
 JSON lines and plots as PNG. The test split is scored once, with the best model.
+Under ``torchrun`` each process trains on its share of every batch (see :func:`fit`).
 """
 from __future__ import annotations
 
@@ -271,11 +272,12 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     batch, never to validation or test batches (see :func:`apply_transform`); with MixUp
     the loss receives mixed targets (soft class rows for a classifier).
 
-    Under ``torchrun`` (see :mod:`tasks.torchrun`) each process trains on its share of
-    every global batch and gradients are summed across processes, so the run follows the
-    one-process run with the same ``batch_size`` to float rounding (a transform draws its
-    randomness per share, so with one it does not); rank 0 evaluates, logs and saves, and
-    the other processes return a Result without scores."""
+    Under ``torchrun`` (:mod:`tasks.torchrun`; gloo, as the loop runs on the CPU) each
+    process trains on its share of every global batch and gradients are summed across
+    processes, so the run follows the one-process run with the same ``batch_size`` to
+    float rounding (a transform draws its randomness per share, so with one it does
+    not); rank 0 evaluates, logs and saves, the other processes return a Result
+    without scores."""
     from tqdm.auto import tqdm
     from zoo import Zoo
 

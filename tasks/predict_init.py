@@ -19,10 +19,11 @@ when validation accuracy improves); logging through a progress bar and
 Every random choice of step ``t`` (architectures, minibatch) comes from a generator
 seeded with ``(seed, t)``: a resumed run takes the same steps as an uninterrupted one.
 
-Under ``torchrun`` (DDP over gloo on CPU, nccl on GPU) every process takes the same
-steps; each predicts its share of the step's meta-batch, gradients (and the GHN's
-count of op kinds seen) are summed across processes before the update, so the GHN
-stays identical everywhere; only rank 0 evaluates, logs and writes checkpoints.
+Under ``torchrun`` (:mod:`tasks.torchrun`; gloo, as the GHN trains on the CPU) every
+process takes the same steps; each predicts its share of the step's meta-batch,
+gradients (and the GHN's count of op kinds seen) are summed across processes before
+the update, so the GHN stays identical everywhere; only rank 0 evaluates, logs and
+writes checkpoints.
 
 Checkpoints are safetensors + JSON: ``GHN.save_pretrained`` (``model.safetensors``,
 ``config.json``), the optimizer's tensors in ``optimizer.safetensors`` (its
