@@ -246,9 +246,10 @@ def test_inr_zoo_one_siren_per_image_with_views(tmp_path):
     assert all(a < b for a, b in zip(last.column("mse"), first.column("mse")))
     from zoo.train import image_grid
     model = last.model(0)
-    img = zoo.load_images("digits")[0][images[0]]
+    size = last.record(0)["data_kwargs"]["resize"]     # the recipe fits resampled digits
+    img = zoo.load_images("digits", resize=size)[0][images[0]]
     with torch.no_grad():
-        mse = torch.mean((model(image_grid(8, 8)).reshape(8, 8) - img[0]) ** 2).item()
+        mse = torch.mean((model(image_grid(size, size)).reshape(size, size) - img[0]) ** 2).item()
     assert abs(mse - last.record(0)["metrics"]["mse"]) < 1e-6
     # splitting by image keeps the views of an image together
     a, b = last.split([0.5, 0.5], seed=0, by="image")

@@ -164,14 +164,14 @@ def _preflight(jobs: Sequence[Job]) -> None:
     with its explanatory error before any worker starts."""
     import json
 
-    from .data import load_dataset
+    from .data import load_dataset, load_images
 
     seen = set()
     for j in jobs:
         key = (j.dataset, json.dumps(j.data_kwargs, sort_keys=True))
         if key not in seen:
             seen.add(key)
-            load_dataset(j.dataset, **j.data_kwargs)
+            (load_images if j.task == "inr" else load_dataset)(j.dataset, **j.data_kwargs)
 
 
 def build(recipe: str, n: int, out: str | os.PathLike, seed: int = 0, *,

@@ -393,17 +393,22 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **kwargs) -> 
     return _LOADERS[name](root=root, **kwargs)
 
 
-def load_images(name: str, root: str | os.PathLike | None = None,
+def load_images(name: str, root: str | os.PathLike | None = None, resize: int | None = None,
                 **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All images of an image dataset for INR fitting.
 
     Returns ``(images [N, C, H, W] in [0, 1], labels [N], is_test [N] bool)`` with the
-    training images first.
+    training images first. ``resize``: bilinear resampling to ``resize x resize`` pixels
+    (corners aligned), e.g. the 8x8 digits at 28x28 so that an INR has more pixels
+    than weights to fit.
     """
     s = load_dataset(name, root=root, **kwargs)
     if s.x_train.dim() != 4:
         raise ValueError(f"dataset {name!r} does not hold images (input shape {s.input_shape})")
     images = torch.cat([s.x_train, s.x_test])
+    if resize is not None and tuple(images.shape[-2:]) != (resize, resize):
+        images = torch.nn.functional.interpolate(images, size=(int(resize), int(resize)), mode="bilinear",
+                                                 align_corners=True).clamp(0, 1)
     labels = torch.cat([s.y_train, s.y_test])
     is_test = torch.cat([torch.zeros(len(s.y_train), dtype=torch.bool),
                          torch.ones(len(s.y_test), dtype=torch.bool)])

@@ -284,14 +284,14 @@ def _inr(dataset: str):
 
 register_recipe(Recipe(
     "digits_siren",
-    "INR zoo: one SIREN (2-32-32-1) per scikit-learn digits image, resampled to "
-    "`image_size` pixels a side (28: more pixels than the SIREN's 1,185 weights, so the "
-    "fit must encode the image; at the native 8x8 it interpolates 64 pixels and its "
-    "weights stay close to their random start); label = the digit; `views` fits of each "
-    "image from different seeds.",
+    "INR zoo: one SIREN (2-32-32-1, w0 30) per scikit-learn digits image, resampled "
+    "bilinearly to `image_size` pixels a side (16 by default: the first layer's "
+    "frequencies, up to 15 rad per unit, stay below the grid's Nyquist limit of 23.6; on "
+    "the native 8x8 grid, limit 11, the fit aliases); label = the digit; `views` fits of "
+    "each image from different seeds.",
     _inr("digits"), prepare=_inr_prepare("digits"),
-    defaults={"steps": [0, 200, 1000], "views": 2, "hidden": 32, "n_layers": 3, "lr": 1e-3,
-              "image_size": 28},
+    defaults={"steps": [0, 100, 500], "views": 2, "hidden": 32, "n_layers": 3, "lr": 1e-3,
+              "image_size": 16},
 ))
 
 register_recipe(Recipe(

@@ -1,0 +1,31 @@
+"""INR recipes: digits resampled for fitting, the option reaching both trainers."""
+import pytest
+import torch
+
+from zoo.data import load_images
+from zoo.recipes import get_recipe
+from zoo.train import train_job
+
+
+def test_resize_resamples_and_keeps_labels_and_range():
+    small, labels, is_test = load_images("digits")
+    big, labels16, is_test16 = load_images("digits", resize=16)
+    assert small.shape[-2:] == (8, 8) and big.shape[-2:] == (16, 16) and len(big) == len(small)
+    assert torch.equal(labels, labels16) and torch.equal(is_test, is_test16)
+    assert float(big.min()) >= 0 and float(big.max()) <= 1
+    # corners aligned: the four corner pixels are the originals'
+    torch.testing.assert_close(big[:, :, [0, 0, -1, -1], [0, -1, 0, -1]], small[:, :, [0, 0, -1, -1], [0, -1, 0, -1]])
+    assert not torch.allclose(big[:, :, 1, 1], small[:, :, 0, 0])
+
+
+@pytest.mark.parametrize("size", [None, 12])
+def test_digits_siren_fits_the_resampled_image(size):
+    opts = {"steps": [0, 30], "views": 1} | ({} if size is None else {"image_size": size})
+    job = get_recipe("digits_siren").jobs(1, seed=0, **opts)[0]
+    want = 16 if size is None else size
+    assert job.data_kwargs == {"resize": want}
+    result = train_job(job)
+    # the fit improves on the resampled image (mse is measured against it)
+    assert result.metrics[-1]["mse"] < 0.5 * result.metrics[0]["mse"]
+    img = load_images("digits", resize=want)[0][job.meta["image"]]
+    assert img.shape[-1] == want
