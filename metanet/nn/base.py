@@ -4,19 +4,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .inputs import GraphEncoder, GraphInput, mlp
+from .inputs import NUM_ROLES, GraphEncoder, GraphInput, mlp
 
 
 class GraphMetanet(nn.Module):
     """Encoder, ``layers`` (each ``(x, edge_index, edge_attr) -> (x, edge_attr)``), an
-    invariant readout (mean and max of nodes and edges) and equivariant node and edge
-    heads. Subclasses build the layers and may transform ``graphs`` in :meth:`encode`."""
+    invariant readout (mean and max of nodes and edges; with ``readout_bins``, also the
+    mean of edges per (tensor role, depth bin)) and equivariant node and edge heads.
+    Subclasses build the layers and may transform ``graphs`` in :meth:`encode`."""
 
     def _build(self, layers: nn.ModuleList, in_width: int, hidden: int, out_dim: int,
-               edge_out: int | None, node_out: int) -> None:
-        self.encoder = GraphEncoder(in_width, hidden)
+               edge_out: int | None, node_out: int, value_scales: tuple[float, ...] = (),
+               readout_bins: int = 0) -> None:
+        self.encoder = GraphEncoder(in_width, hidden, value_scales)
         self.layers = layers
-        self.readout = mlp([4 * hidden, hidden, out_dim])
+        self.readout_bins = readout_bins
+        width = 4 * hidden + (NUM_ROLES * readout_bins * hidden if readout_bins else 0)
+        self.readout = mlp([width, hidden, out_dim])
         self.edge_head = mlp([hidden, hidden, in_width if edge_out is None else edge_out])
         self.node_head = mlp([hidden, hidden, node_out])
 
@@ -39,7 +43,10 @@ class GraphMetanet(nn.Module):
 
     def forward(self, graphs) -> Tensor:
         g, x, e = self.encode(graphs)
-        return self.readout(torch.cat([g.pool_nodes(x), g.pool_edges(e)], -1))
+        pooled = [g.pool_nodes(x), g.pool_edges(e)]
+        if self.readout_bins:
+            pooled.append(g.pool_edges_by_group(e, self.readout_bins))
+        return self.readout(torch.cat(pooled, -1))
 
     def node_scores(self, graphs) -> Tensor:
         return self.node_head(self.encode(graphs)[1])

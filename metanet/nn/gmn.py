@@ -93,17 +93,22 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
             heads equivariant) to the positive scalings / sign flips the weight space
             offers, by reading canonical forms (:func:`metanet.nn.canonicalize`; ScaleGMN's
             idea); needs a :class:`~metanet.graph.SharedBatch`, which knows its weight space.
+        value_scales: each standardised weight is also read as ``asinh(s * w)`` for these
+            ``s`` (:class:`~metanet.nn.GraphEncoder`); () reads ``w`` through one linear map.
+        readout_bins: the readout also pools edges per (tensor role, depth bin), with this
+            many depth bins; 0 pools all edges together only.
     """
 
     def __init__(self, in_width: int = 1, hidden: int = 64, layers: int = 3, out_dim: int = 1,
                  edge_out: int | None = None, node_out: int = 1, aggr: str = "mean",
-                 canonical: str | None = None):
+                 canonical: str | None = None, value_scales: tuple[float, ...] = (1.0, 10.0, 100.0),
+                 readout_bins: int = 4):
         super().__init__()
         if canonical not in (None, "scale", "sign", "both"):
             raise ValueError(f"canonical must be None, 'scale', 'sign' or 'both', got {canonical!r}")
         self.canonical = canonical
         self._build(nn.ModuleList(GMNLayer(hidden, aggr) for _ in range(layers)), in_width, hidden,
-                    out_dim, edge_out, node_out)
+                    out_dim, edge_out, node_out, tuple(value_scales), readout_bins)
 
     def encode(self, graphs) -> tuple[GraphInput, Tensor, Tensor]:
         if self.canonical is not None:

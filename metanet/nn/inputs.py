@@ -96,6 +96,20 @@ class GraphInput:
             return torch.cat([h.mean(-2), h.amax(-2)], -1)
         return _segment_pool(h, self.batch[self.edge_index[0]], self.num_graphs)
 
+    def pool_edges_by_group(self, h: Tensor, bins: int) -> Tensor:
+        """Mean of each graph's edges per (role, depth bin) group, zero for groups a
+        graph lacks: [B, NUM_ROLES * bins * F]. Roles and depths are the same for every
+        edge of a tensor, so the pooling is permutation invariant, and defined for any
+        architecture alike (for one architecture and enough bins: one group per layer)."""
+        gid = self.edge_role * bins + (self.edge_geo[..., 0] * bins).long().clamp(0, bins - 1)
+        G = NUM_ROLES * bins
+        if self.shared:
+            out = scatter(h, gid.to(h.device), -2, G, reduce="mean")
+        else:
+            seg = self.batch[self.edge_index[0]] * G + gid
+            out = scatter(h, seg, 0, self.num_graphs * G, reduce="mean").view(self.num_graphs, G, -1)
+        return out.flatten(-2)
+
 
 def _segment_pool(h: Tensor, index: Tensor, n: int) -> Tensor:
     return torch.cat([scatter(h, index, 0, n, reduce="mean"), scatter(h, index, 0, n, reduce="max")], -1)
@@ -144,13 +158,21 @@ class RoleNorm(nn.Module):
 class GraphEncoder(nn.Module):
     """Embeds edges (standardised values, role, depth, kernel position) and nodes (fixed
     flag and position, kind, depth) into ``hidden`` features. Edge values wider than
-    ``in_width`` are refused; narrower ones are zero-padded."""
+    ``in_width`` are refused; narrower ones are zero-padded.
 
-    def __init__(self, in_width: int, hidden: int):
+    ``value_scales``: each standardised value ``w`` is read as ``w`` and
+    ``asinh(s * w)`` for every ``s`` (through a small MLP): zoo weights span orders of
+    magnitude (initial scales from 1e-3 to 0.5), and after one linear map a network of
+    small weights is all near zero. The maps are element-wise and odd (0 stays 0), so
+    equivariance and the padding of mixed batches are untouched."""
+
+    def __init__(self, in_width: int, hidden: int, value_scales: tuple[float, ...] = ()):
         super().__init__()
         self.in_width = in_width
+        self.value_scales = tuple(float(s) for s in value_scales)
         self.norm = RoleNorm()
-        self.edge_value = nn.Linear(in_width, hidden)
+        k = in_width * (1 + len(self.value_scales))
+        self.edge_value = nn.Linear(k, hidden) if not self.value_scales else mlp([k, hidden, hidden])
         self.edge_role = nn.Embedding(NUM_ROLES, hidden)
         self.edge_geo = nn.Linear(3, hidden)
         self.node_x = nn.Linear(3 + 1, hidden)
@@ -167,8 +189,11 @@ class GraphEncoder(nn.Module):
                              f"use the param layout (width 1) or a model made with in_width >= {w}")
         if w < self.in_width:
             ea = nn.functional.pad(ea, (0, self.in_width - w))
-        dt = self.edge_value.weight.dtype
-        e = self.edge_value(ea.to(dt)) + self.edge_role(g.edge_role) + self.edge_geo(g.edge_geo.to(dt))
+        dt = self.edge_role.weight.dtype
+        ea = ea.to(dt)
+        if self.value_scales:
+            ea = torch.cat([ea] + [torch.asinh(s * ea) for s in self.value_scales], -1)
+        e = self.edge_value(ea) + self.edge_role(g.edge_role) + self.edge_geo(g.edge_geo.to(dt))
         x = self.node_x(torch.cat([g.x, g.node_depth], -1).to(dt)) + self.node_kind(g.node_kind)
         if g.shared:
             x = x.expand(g.num_graphs, *x.shape)
