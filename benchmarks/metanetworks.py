@@ -50,7 +50,8 @@ except ImportError:
 def ensure_zoo(recipe: str, n: int, quick: bool) -> Path:
     out = ROOT / "zoos" / (f"quick_{recipe}" if quick else recipe)
     if not (out / "manifest.jsonl").exists():
-        cmd = ["metanet", "zoo", "build", "--recipe", recipe, "--n", str(n), "--out", str(out), "--quiet"]
+        cmd = ["metanet", "zoo", "build", "--recipe", recipe, "--n", str(n), "--out", str(out),
+               "--executor", "batched", "--quiet"]
         print("building:", " ".join(cmd), flush=True)
         t = time.perf_counter()
         subprocess.run(cmd, check=True)
@@ -195,27 +196,84 @@ def _public_model(zoo_path, mode, hidden, layers, out_dim):
     return PublicNFN(rec["arch"], z._graph_kwargs(rec), mode, hidden, layers, out_dim)
 
 
-def accuracy_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, rows: list) -> list[dict]:
-    models = ["statnn", "nfn", "nfn_public", "gmn", "ngt"]
+def _ready_model(model: str, zoo_path, cfg):
+    """A model the task's build_model does not make by name: the public NFN-HNP, or the
+    scale/sign-aware GMN (canonical forms under both groups; otherwise as build_model's GMN)."""
+    if model == "nfn_public":
+        return _public_model(zoo_path, "hnp", cfg.hidden, cfg.layers, 1)
+    if model == "gmn_canonical":
+        from metanet.nn import GMN
+        from zoo import Zoo
+
+        from tasks.predict_accuracy import build_model
+
+        plain = build_model("gmn", Zoo.open(zoo_path), layout=cfg.layout, hidden=cfg.hidden,
+                            layers=cfg.layers, out_dim=1)
+        return GMN(**{**plain._hub_mixin_config, "canonical": "both"})
+    return None
+
+
+def _regress(zoo_path, model: str, seed: int, epochs: int, max_train, tag: str):
+    cfg = AccuracyConfig(zoo=str(zoo_path), model={"nfn_public": "nfn", "gmn_canonical": "gmn"}.get(model, model),
+                         out=str(ROOT / "out" / "bench" / f"{tag}_{model}_{seed}"), epochs=epochs,
+                         seed=seed, max_train=max_train, progress=False)
+    return fit(cfg, out_dim=1, loss_fn=lambda p, y: ((p.squeeze(-1) - y) ** 2).mean(),
+               scores_fn=_regression_scores, key="tau", model=_ready_model(model, zoo_path, cfg))
+
+
+def _regression_row(model, results) -> dict:
+    taus = [r.test["tau"] for r in results]
+    r2s = [r.test["r2"] for r in results]
+    return {"model": model, "tau": mean_std(taus), "r2": mean_std(r2s), "taus": taus, "r2s": r2s,
+            "train_networks_per_s": mean_std([r.train_networks_per_s for r in results]),
+            "best_epochs": [r.best_epoch for r in results], "seconds": sum(r.seconds for r in results)}
+
+
+def accuracy_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, rows: list,
+                  models=("statnn", "nfn", "nfn_public", "gmn", "gmn_canonical", "ngt"), tag="acc") -> list[dict]:
     for model in models:
         if model == "nfn_public" and not HAVE_NFN:
             continue
-        taus, r2s, speeds, secs = [], [], [], []
+        results = []
         for seed in range(seeds):
-            cfg = AccuracyConfig(zoo=str(zoo_path), model=model if model != "nfn_public" else "nfn",
-                                 out=str(ROOT / "out" / "bench" / f"acc_{model}_{seed}"), epochs=epochs,
-                                 seed=seed, max_train=max_train, progress=False)
-            ready = _public_model(zoo_path, "hnp", cfg.hidden, cfg.layers, 1) if model == "nfn_public" else None
-            result = fit(cfg, out_dim=1, loss_fn=lambda p, y: ((p.squeeze(-1) - y) ** 2).mean(),
-                         scores_fn=_regression_scores, key="tau", model=ready)
-            taus.append(result.test["tau"])
-            r2s.append(result.test["r2"])
-            speeds.append(result.train_networks_per_s)
-            secs.append(result.seconds)
-            print(f"accuracy {model} seed {seed}: τ {result.test['tau']:.4f} R² {result.test['r2']:.4f} "
-                  f"({result.seconds:.0f} s)", flush=True)
-        rows.append({"model": model, "tau": mean_std(taus), "r2": mean_std(r2s), "taus": taus, "r2s": r2s,
-                     "train_networks_per_s": mean_std(speeds), "seconds": sum(secs)})
+            result = _regress(zoo_path, model, seed, epochs, max_train, tag)
+            results.append(result)
+            print(f"{tag} {model} seed {seed}: τ {result.test['tau']:.4f} R² {result.test['r2']:.4f} "
+                  f"(best epoch {result.best_epoch}, {result.seconds:.0f} s)", flush=True)
+        rows.append(_regression_row(model, results))
+        on_row()
+    return rows
+
+
+def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int | None, rows: list) -> list[dict]:
+    """GMN and NGT trained on the digits-CNN zoo (the accuracy part's best checkpoints
+    when present, else trained here) scored on the test split of a zoo of wider and
+    deeper CNNs they never saw, against the same model trained on that zoo's training
+    split (the same fixed split)."""
+    from zoo import Zoo
+
+    from tasks.predict_accuracy import _regression_scores as scores
+    from tasks.predict_accuracy import load_model, predict
+
+    test = Zoo.open(wide).split([0.8, 0.1, 0.1], seed=0, by="job")[2]
+    for model in ("gmn", "ngt"):
+        transfer, native = [], []
+        for seed in range(seeds):
+            best = ROOT / "out" / "bench" / f"acc_{model}_{seed}" / "best"
+            if not (best / "task.json").exists() or json.loads((best / "task.json").read_text())["config"]["zoo"] != str(cnn):
+                _regress(cnn, model, seed, epochs, max_train, "acc")
+            net, _ = load_model(best)
+            pred, y = predict(net, zoo_batches(test, 64, "compact", target="test_acc"))
+            transfer.append(scores(pred, y))
+            native.append(_regress(wide, model, seed, epochs, max_train, "wide").test)
+            print(f"unseen {model} seed {seed}: trained on digits CNNs τ {transfer[-1]['tau']:.4f}, "
+                  f"on the wide zoo τ {native[-1]['tau']:.4f}", flush=True)
+        rows.append({"model": model, "transfer_tau": mean_std([t["tau"] for t in transfer]),
+                     "transfer_r2": mean_std([t["r2"] for t in transfer]),
+                     "native_tau": mean_std([t["tau"] for t in native]),
+                     "native_r2": mean_std([t["r2"] for t in native]),
+                     "transfer_taus": [t["tau"] for t in transfer], "native_taus": [t["tau"] for t in native],
+                     "test_checkpoints": len(test)})
         on_row()
     return rows
 
@@ -247,42 +305,57 @@ def inr_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, row
     return rows
 
 
-def throughput_part(zoo_path: Path, steps: int) -> list[dict]:
-    """Training networks/s (forward + backward + update, batches of 64 digits CNNs read
-    from the zoo once) and the peak resident memory added while training."""
-    from tasks.predict_accuracy import build_model
+THROUGHPUT_MODELS = ("statnn", "nfn", "nfn_public", "gmn", "gmn_canonical", "ngt")
+
+
+def throughput_one(zoo_path: Path, model: str, steps: int) -> dict:
+    """One model's training networks/s (forward + backward + update, batches of 64
+    digits CNNs read from the zoo once) and the peak resident memory that training adds:
+    run in a fresh process (``throughput_part``), so that no earlier model's freed heap
+    hides it; the peak is reset (Linux ``clear_refs``) after the batches and the model
+    are made and before the first step, whose gradients and optimizer state count."""
+    from tasks.predict_accuracy import AccuracyConfig, build_model
     from zoo import Zoo
 
+    torch.set_num_threads(1)
     z = Zoo.open(zoo_path)
     batches = [b for b, _ in zoo_batches(z.subset(range(64 * 4)), 64, target="test_acc")]
     ys = torch.rand(64)
+    torch.manual_seed(0)
+    cfg = AccuracyConfig(zoo=str(zoo_path), hidden=32, layers=3)
+    net = (_ready_model(model, zoo_path, cfg)
+           or build_model(model, z, layout="compact", hidden=32, layers=3, out_dim=1))
+    net.fit_normalization(batches)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def step(b):
+        loss = ((net(b).squeeze(-1) - ys) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    rss0 = _status("VmRSS")
+    peak_ok = reset_peak()
+    step(batches[0])   # warm-up (timed out, but its memory counts)
+    t = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    dt = time.perf_counter() - t
+    peak = _status("VmHWM")
+    return {"model": model, "networks_per_s": steps * 64 / dt,
+            "peak_extra_mb": (peak - rss0) / 2 ** 20 if peak_ok and peak and rss0 else None,
+            "params": sum(p.numel() for p in net.parameters())}
+
+
+def throughput_part(zoo_path: Path, steps: int) -> list[dict]:
+    """Every model of THROUGHPUT_MODELS measured by throughput_one in its own process."""
     rows = []
-    for model in ["statnn", "nfn", "nfn_public", "gmn", "ngt"]:
+    for model in THROUGHPUT_MODELS:
         if model == "nfn_public" and not HAVE_NFN:
             continue
-        torch.manual_seed(0)
-        net = (_public_model(zoo_path, "hnp", 32, 3, 1) if model == "nfn_public"
-               else build_model(model, z, layout="compact", hidden=32, layers=3, out_dim=1))
-        net.fit_normalization(batches)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-
-        def step(b):
-            loss = ((net(b).squeeze(-1) - ys) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        step(batches[0])   # warm-up
-        rss0 = _status("VmRSS")
-        peak_ok = reset_peak()
-        t = time.perf_counter()
-        for i in range(steps):
-            step(batches[i % len(batches)])
-        dt = time.perf_counter() - t
-        peak = _status("VmHWM")
-        rows.append({"model": model, "networks_per_s": steps * 64 / dt,
-                     "peak_extra_mb": (peak - rss0) / 2 ** 20 if peak_ok and peak and rss0 else None,
-                     "params": sum(p.numel() for p in net.parameters())})
+        out = subprocess.run([sys.executable, __file__, "--throughput-one", model, "--zoo", str(zoo_path),
+                              "--throughput-steps", str(steps)], check=True, capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -315,28 +388,71 @@ def write_markdown(res: dict, path: Path) -> None:
               "torch.stack and nfn start from B separate state dicts. Bytes per weight, param layout: "
               + ", ".join(f"{r['case']}: PyG graph {r['param_graph_bytes_per_weight']:.1f}, shared batch "
                           f"{r['shared_param_bytes_per_weight']:.1f}" for r in res["convert"][:1]) + ".", ""]
+    def setting(part):
+        st = res.get("part_settings", {}).get(part, {})
+        cmd = res.get("commands", {}).get(part, res["command"])
+        cap = f", at most {st['max_train']} training checkpoints" if st.get("max_train") else ""
+        load = f", load average {st['machine_load']:.1f} at the start" if "machine_load" in st else ""
+        return (f"`{cmd}`: {st.get('seeds', res['seeds'])} seed(s), {st.get('epochs', res['epochs'])} epochs"
+                f"{cap}{load}")
+
+    def regression_table(rows, names):
+        T = ["| model | Kendall τ | R² | train networks/s | best epochs |", "|---|---|---|---:|---|"]
+        for r in rows:
+            T.append(f"| {names.get(r['model'], r['model'])} | {fmt(r['tau'])} | {fmt(r['r2'])} | "
+                     f"{r['train_networks_per_s'][0]:.0f} | {', '.join(map(str, r.get('best_epochs', [])))} |")
+        return T
+
+    names = {"nfn": "NFN-HNP (ours)", "nfn_public": "NFN-HNP (public nfn)", "statnn": "StatNN", "gmn": "GMN",
+             "gmn_canonical": "GMN, scale/sign-aware", "ngt": "NGT"}
     if res.get("accuracy"):
-        cap = f", at most {res['max_train']} training checkpoints" if res.get("max_train") else ""
-        L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split, {res['seeds']} "
-              f"seed(s), {res['epochs']} epochs{cap})", "", "| model | Kendall τ | R² | train networks/s |", "|---|---|---|---:|"]
-        for r in res["accuracy"]:
-            L.append(f"| {r['model']} | {fmt(r['tau'])} | {fmt(r['r2'])} | {r['train_networks_per_s'][0]:.0f} |")
+        L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
+              setting("accuracy"), ""] + regression_table(res["accuracy"], names)
+        by = {r["model"]: r["tau"][0] for r in res["accuracy"]}
+        if "gmn" in by and "statnn" in by:
+            L += ["", f"GMN − StatNN: {by['gmn'] - by['statnn']:+.3f} τ (target ≥ +0.02)"
+                  + (f"; GMN − public NFN-HNP: {by['gmn'] - by['nfn_public']:+.3f} (target ≥ 0)"
+                     if "nfn_public" in by else "") + "."]
         L.append("")
+    if res.get("mixed"):
+        L += [f"## Mixed architectures ({res['mixed_zoo']}: small CNNs, tiny ResNets, transformers; every saved "
+              "step, test split)", "", setting("mixed"), ""] + regression_table(res["mixed"], names)
+        by = {r["model"]: r["tau"][0] for r in res["mixed"]}
+        if "gmn" in by and "statnn" in by:
+            L += ["", f"GMN − StatNN: {by['gmn'] - by['statnn']:+.3f} τ (target ≥ +0.08). StatNN pools its "
+                  "statistics per (tensor role, depth bin), NFN does not apply."]
+        L.append("")
+    if res.get("unseen"):
+        n = res["unseen"][0]["test_checkpoints"]
+        L += [f"## Unseen architectures ({res['unseen_zoo']}: digits CNNs of 16/24/32 channels and 3/4 "
+              f"convolutions, never 16 × 3; its test split, {n} checkpoints)", "", setting("unseen"), "",
+              "| model | τ, trained on digits_cnn | τ, trained on the wide zoo | R², trained on digits_cnn "
+              "| R², trained on the wide zoo |", "|---|---|---|---|---|"]
+        for r in res["unseen"]:
+            L.append(f"| {names.get(r['model'], r['model'])} | {fmt(r['transfer_tau'])} | {fmt(r['native_tau'])} | "
+                     f"{fmt(r['transfer_r2'])} | {fmt(r['native_r2'])} |")
+        L += ["", "Trained on digits_cnn: the accuracy part's best checkpoint of each seed, never shown a "
+              "wide network.", ""]
     if res.get("inr"):
-        L += [f"## INR classification ({res['inr_zoo']}, test accuracy, {res['seeds']} seed(s), "
-              f"{res['epochs']} epochs)", "", "| model | accuracy |", "|---|---|"]
+        L += [f"## INR classification ({res['inr_zoo']}, test accuracy)", "", setting("inr"), "",
+              "| model | accuracy |", "|---|---|"]
         for r in res["inr"]:
-            L.append(f"| {r['model']} | {fmt(r['acc'])} |")
+            L.append(f"| {names.get(r['model'], r['model'])} | {fmt(r['acc'])} |")
         L.append("")
     if res.get("throughput"):
         L += ["## Training throughput and memory (digits CNN, batches of 64, hidden 32, 3 layers)", "",
+              setting("throughput"), "",
               "| model | networks/s | peak extra memory (MB) | parameters |", "|---|---:|---:|---:|"]
         for r in res["throughput"]:
-            peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.0f}"
-            L.append(f"| {r['model']} | {r['networks_per_s']:.0f} | {peak} | {r['params']:,} |")
-        L.append("")
-    L += ["Not measured here yet: the mixed-architecture zoo, unseen architectures, the scale/sign-aware "
-          "GMN and torchrun runs (see the issue).", ""]
+            peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
+            L.append(f"| {names.get(r['model'], r['model'])} | {r['networks_per_s']:.0f} | {peak} | {r['params']:,} |")
+        L += ["", "Each model in a fresh process, one thread; peak extra memory: the peak resident set "
+              "(VmHWM, reset through /proc/self/clear_refs) during the first and the timed training steps, "
+              "less the resident set just before them (gradients, optimizer state and activations).", ""]
+    L += ["Scale/sign-aware GMN: canonical forms under the scaling and sign-flip groups of the batch's weight "
+          "space. A shared batch carries the weight space of its first network; in digits_cnn, ReLU and tanh "
+          "networks share one graph structure, so one batch is canonicalised by one activation's groups.",
+          ""]
     path.write_text("\n".join(L))
 
 
@@ -345,12 +461,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small zoos, 1 seed, 1 epoch")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--parts", default="convert,accuracy,inr,throughput")
+    ap.add_argument("--parts", default="convert,accuracy,mixed,unseen,inr,throughput")
     ap.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints per task")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
+    ap.add_argument("--throughput-one", default=None, help=argparse.SUPPRESS)   # one model, in a subprocess
+    ap.add_argument("--zoo", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.throughput_one:
+        print(json.dumps(throughput_one(Path(args.zoo), args.throughput_one, args.throughput_steps)))
+        return 0
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (1 if args.quick else 8)
     parts = set(args.parts.split(","))
@@ -360,6 +481,16 @@ def main(argv=None) -> int:
            "nfn": HAVE_NFN, "seeds": seeds, "epochs": epochs, "max_train": args.max_train}
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     name = args.name or ("metanet_quick" if args.quick else "metanet")
+    # parts run separately merge into one JSON: keep what other runs measured
+    prev = ROOT / "benchmarks" / "results" / f"{name}.json"
+    if prev.exists() and not args.quick:
+        old = json.loads(prev.read_text())
+        keep = {k: v for k, v in old.items() if k not in res and k != "seconds"}
+        res = {**keep, **res}
+    for part in parts:
+        res.setdefault("commands", {})[part] = res["command"]
+        res.setdefault("part_settings", {})[part] = {"seeds": seeds, "epochs": epochs, "max_train": args.max_train,
+                                                     "machine_load": os.getloadavg()[0]}
 
     def save():   # after every part: a long run killed midway keeps what it measured
         res["seconds"] = time.perf_counter() - t0
@@ -379,6 +510,20 @@ def main(argv=None) -> int:
         res["accuracy_zoo"] = str(cnn.relative_to(ROOT))
         res["accuracy"] = []
         accuracy_part(cnn, seeds, epochs, args.max_train, res["accuracy"])
+        save()
+    if "mixed" in parts:
+        mixed = ensure_zoo("mixed", 60 if args.quick else 500, args.quick)
+        res["mixed_zoo"] = str(mixed.relative_to(ROOT))
+        res["mixed"] = []
+        accuracy_part(mixed, seeds, epochs, args.max_train, res["mixed"], models=("statnn", "gmn", "ngt"),
+                      tag="mixed")
+        save()
+    if "unseen" in parts:
+        cnn = cnn or ensure_zoo("digits_cnn", 100 if args.quick else 1000, args.quick)
+        wide = ensure_zoo("digits_cnn_wide", 60 if args.quick else 300, args.quick)
+        res["unseen_zoo"] = str(wide.relative_to(ROOT))
+        res["unseen"] = []
+        unseen_part(cnn, wide, seeds, epochs, args.max_train, res["unseen"])
         save()
     if "inr" in parts:
         siren = ensure_zoo("digits_siren", 100 if args.quick else 1000, args.quick)
