@@ -230,7 +230,7 @@ def _regression_row(model, results) -> dict:
 
 
 def accuracy_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, rows: list,
-                  models=("statnn", "nfn", "nfn_public", "gmn", "gmn_canonical", "ngt"), tag="acc") -> list[dict]:
+                  models=("statnn", "gmn", "nfn_public", "nfn", "ngt", "gmn_canonical"), tag="acc") -> list[dict]:
     for model in models:
         if model == "nfn_public" and not HAVE_NFN:
             continue
