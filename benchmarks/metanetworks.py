@@ -479,7 +479,8 @@ def main(argv=None) -> int:
     res = {"command": "python benchmarks/metanetworks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
            "nfn": HAVE_NFN, "seeds": seeds, "epochs": epochs, "max_train": args.max_train}
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, os.cpu_count() or 1))
+    res["threads"] = torch.get_num_threads()
     name = args.name or ("metanet_quick" if args.quick else "metanet")
     # parts run separately merge into one JSON: keep what other runs measured
     prev = ROOT / "benchmarks" / "results" / f"{name}.json"
