@@ -257,7 +257,7 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
 
     test = Zoo.open(wide).split([0.8, 0.1, 0.1], seed=0, by="job")[2]
     for model in ("gmn", "ngt"):
-        transfer, native = [], []
+        transfer, native, secs = [], [], 0.0
         for seed in range(seeds):
             best = ROOT / "out" / "bench" / f"acc_{model}_{seed}" / "best"
             if not (best / "task.json").exists() or json.loads((best / "task.json").read_text())["config"]["zoo"] != str(cnn):
@@ -265,7 +265,9 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
             net, _ = load_model(best)
             pred, y = predict(net, zoo_batches(test, 64, "compact", target="test_acc"))
             transfer.append(scores(pred, y))
+            t = time.perf_counter()
             native.append(_regress(wide, model, seed, epochs, max_train, "wide").test)
+            secs += time.perf_counter() - t
             print(f"unseen {model} seed {seed}: trained on digits CNNs τ {transfer[-1]['tau']:.4f}, "
                   f"on the wide zoo τ {native[-1]['tau']:.4f}", flush=True)
         rows.append({"model": model, "transfer_tau": mean_std([t["tau"] for t in transfer]),
@@ -273,7 +275,7 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
                      "native_tau": mean_std([t["tau"] for t in native]),
                      "native_r2": mean_std([t["r2"] for t in native]),
                      "transfer_taus": [t["tau"] for t in transfer], "native_taus": [t["tau"] for t in native],
-                     "test_checkpoints": len(test)})
+                     "test_checkpoints": len(test), "seconds": secs})
         on_row()
     return rows
 
@@ -372,8 +374,10 @@ def on_row() -> None:
 
 def write_markdown(res: dict, path: Path) -> None:
     L = ["# Metanetworks: conversion, accuracy prediction, INR classification, throughput", "",
-         f"`{res['command']}` on {res['machine']}, torch {res['torch']}, "
-         f"public nfn {'installed' if res['nfn'] else 'not installed'}; {res['seconds']:.0f} s in all.", ""]
+         f"On {res['machine']} ({res.get('threads', '?')} torch thread(s)), torch {res['torch']}, public nfn "
+         f"{'installed' if res['nfn'] else 'not installed'}. Parts were run separately (each names its "
+         f"command, settings and the load average when it started; the machine was shared); the latest, "
+         f"`{res['command']}`, took {res['seconds']:.0f} s.", ""]
     if res.get("convert"):
         L += ["## Shared-structure batches (seconds, best of 3)", "",
               "| checkpoints | B | torch.stack | SharedBatch compact | SharedBatch param | ws.graphs compact "
@@ -393,8 +397,10 @@ def write_markdown(res: dict, path: Path) -> None:
         cmd = res.get("commands", {}).get(part, res["command"])
         cap = f", at most {st['max_train']} training checkpoints" if st.get("max_train") else ""
         load = f", load average {st['machine_load']:.1f} at the start" if "machine_load" in st else ""
+        secs = sum(r.get("seconds", 0) for r in res.get(part) or [] if isinstance(r, dict))
+        took = f", {secs / 60:.0f} min of training" if secs else ""
         return (f"`{cmd}`: {st.get('seeds', res['seeds'])} seed(s), {st.get('epochs', res['epochs'])} epochs"
-                f"{cap}{load}")
+                f"{cap}{load}{took}.")
 
     def regression_table(rows, names):
         T = ["| model | Kendall τ | R² | train networks/s | best epochs |", "|---|---|---|---:|---|"]
