@@ -130,3 +130,29 @@ def test_torchrun_two_processes_match_one(tmp_path):
     b = load_file(tmp_path / "one/last/model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_meta_training_takes_one_architecture_below_chance(tmp_path, monkeypatch):
+    """With the default schedule, a GHN fitted to one CNN predicts parameters whose loss
+    falls below chance (ln 10 = 2.30): the predicted parameters reach the forward pass and
+    the task loss's gradient reaches the GHN."""
+    import tasks.predict_init as pi
+
+    cnn = ("cnn", dict(in_channels=1, n_classes=10, input_size=8, channels=[16, 16, 24],
+                       kernel_size=[3, 1, 3], stride=[1, 1, 2], activation="relu", norm="layer",
+                       pool="avg"))
+    monkeypatch.setattr(pi, "sample_archs", lambda dataset, seeds: [cnn for _ in seeds])
+    cfg = PredictInitConfig(out=str(tmp_path / "one"), steps=120, warmup=10, meta_batch=1, n_archs=1,
+                            val_archs=1, eval_every=120, ckpt_every=120, progress=False,
+                            ghn=dict(gnn="transformer", decoder="tiled", hid=64, layers=2, block=32))
+    losses = [h["loss"] for h in run(cfg).history]
+    assert sum(losses[-10:]) / 10 < 2.05, losses[-10:]
+
+
+def test_loss_cap_bounds_an_exploding_architecture(tmp_path):
+    cfg = PredictInitConfig(out=str(tmp_path / "cap"), steps=1, meta_batch=2, n_archs=2,
+                            val_archs=1, loss_cap=0.5, progress=False,
+                            ghn=dict(gnn="gated", decoder="tiled", hid=16, layers=1, block=8))
+    # every architecture's loss exceeds the cap, so each counts as exactly the cap
+    assert run(cfg).history[0]["loss"] == pytest.approx(0.5)

@@ -27,7 +27,9 @@ def register_train(kinds) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--meta-batch", type=int, default=8, help="architectures per step (default 8)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-4,
+                   help="peak learning rate (default 3e-4)")
+    p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (default 50)")
     p.add_argument("--n-archs", type=int, default=300, help="training architectures (default 300)")
     p.add_argument("--val-archs", type=int, default=16)
     p.add_argument("--eval-every", type=int, default=100)
@@ -77,7 +79,7 @@ def run_train(args) -> int:
         ghn = dict(block=args.block)
     cfg = PredictInitConfig(
         dataset=args.dataset, out=args.out, steps=args.steps, meta_batch=args.meta_batch,
-        batch_size=args.batch_size, lr=args.lr, n_archs=args.n_archs, val_archs=args.val_archs,
+        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, n_archs=args.n_archs, val_archs=args.val_archs,
         eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
         resume=not args.no_resume, progress=not args.quiet,
         ghn=dict(gnn=args.gnn, decoder=args.decoder, hid=args.hid, layers=args.layers, **ghn))

@@ -271,7 +271,7 @@ def build_hyper_graph(graph: OpGraph, model: nn.Module) -> HyperGraph:
 
 
 _CACHE: "OrderedDict[str, HyperGraph]" = OrderedDict()
-_CACHE_SIZE = 256
+_CACHE_SIZE = 2048
 
 
 def hyper_graph(model: nn.Module, example_inputs: Any = None, *, cache: bool = True) -> HyperGraph:
