@@ -41,11 +41,20 @@ class MetaPruneConfig:
     hidden: int = 32
     layers: int = 2
     lam: float = 2e-3                 # group-lasso weight
+    prune_aware: float = 0.0          # weight of the task loss of the edited network with pruned neurons zeroed
+    mask_ratios: tuple[float, float] = (0.15, 0.5)   # the pruning ratio of that term, drawn per step
+    mode: str = "add"                 # MetaPruner: "add" (old + gate * delta) or "scale" (old * (1 + gate * delta))
+    open_gate: bool = False           # start at the identity with the gate open and the head's last layer zero
+    batch_stats: bool = False         # meta-train with norms on batch statistics (train mode), as fine-tuning uses
+    normalize: bool = False           # standardise the GMN's inputs per role (statistics of the meta-training zoo)
+    allocation: str = "uniform"       # meta's plan: "uniform" (same fraction per group) or "global" (metanet.prune)
     lr: float = 1e-3
     speedups: tuple[float, ...] = (1.5, 2.0, 3.0)
     finetune_steps: int = 50
     batch_size: int = 128
     seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = ("random", "magnitude", "meta")   # also "magnitude (global)"
+    progress: bool = True             # progress bars (tqdm, on stderr)
     out: str | None = None            # folder for results.json, results.md and accuracy.png
 
 
@@ -54,29 +63,48 @@ class MetaPruneResult:
     config: MetaPruneConfig
     rows: list[dict] = field(default_factory=list)   # seed, method, speedup, flops_reduction, latency, accuracy
     meta_loss: list[float] = field(default_factory=list)
+    spread: list[dict] = field(default_factory=list)   # group-norm spread of each held-out net before/after the edit
 
     def mean(self, method: str, speedup: float) -> float:
         acc = [r["accuracy"] for r in self.rows if r["method"] == method and r["speedup"] == speedup]
         return sum(acc) / max(len(acc), 1)
 
+    def _mean(self, key: str, method: str, speedup: float) -> float:
+        v = [r[key] for r in self.rows if r["method"] == method and r["speedup"] == speedup]
+        return sum(v) / max(len(v), 1)
+
     def table(self) -> str:
+        """Mean accuracy per method and target, then for each method the FLOP reduction
+        reached and the latency speed-up measured, as ``FLOPs / latency``."""
         methods = list(dict.fromkeys(r["method"] for r in self.rows))
         speedups = list(dict.fromkeys(r["speedup"] for r in self.rows))
-        lines = ["| FLOP reduction target | " + " | ".join(methods) + " | latency speed-up (meta) |",
-                 "|---" * (len(methods) + 2) + "|"]
+        lines = ["| FLOP reduction target | " + " | ".join(methods) + " | "
+                 + " | ".join(f"FLOPs / latency speed-up ({m})" for m in methods) + " |",
+                 "|---" * (2 * len(methods) + 1) + "|"]
         for s in speedups:
-            lat = [r["latency_speedup"] for r in self.rows if r["method"] == "meta" and r["speedup"] == s]
-            lines.append(f"| {s}x | " + " | ".join(f"{100 * self.mean(m, s):.1f}" for m in methods)
-                         + f" | {sum(lat) / max(len(lat), 1):.2f}x |")
+            lines.append(f"| {s}x | " + " | ".join(f"{100 * self.mean(m, s):.1f}" for m in methods) + " | "
+                         + " | ".join(f"{self._mean('flops_reduction', m, s):.2f}x / "
+                                      f"{self._mean('latency_speedup', m, s):.2f}x" for m in methods) + " |")
+        return "\n".join(lines)
+
+    def table_before_finetune(self) -> str:
+        methods = [m for m in dict.fromkeys(r["method"] for r in self.rows)
+                   if all("accuracy_before_finetune" in r for r in self.rows if r["method"] == m)]
+        speedups = list(dict.fromkeys(r["speedup"] for r in self.rows))
+        lines = ["| FLOP reduction target | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for s in speedups:
+            lines.append(f"| {s}x | " + " | ".join(f"{100 * self._mean('accuracy_before_finetune', m, s):.1f}"
+                                                   for m in methods) + " |")
         return "\n".join(lines)
 
 
-def group_lasso(ws, stacked: dict[str, torch.Tensor], names: set[str]) -> torch.Tensor:
-    """Sum over networks, groups and neurons of each neuron's L2 norm over the tensors of its
-    group (``stacked``: ``{name: [B, ...]}``; only tensors in ``names``). Differentiable."""
+def batched_group_norms(ws, stacked: dict[str, torch.Tensor], names: set[str]) -> dict[int, torch.Tensor]:
+    """Per network and neuron of every group, the L2 norm of the neuron's slices over the
+    tensors of its group (``stacked``: ``{name: [B, ...]}``; only tensors in ``names``):
+    ``{group id: [B, size]}``. Differentiable."""
     from metanet.prune.core import _positions
 
-    total = 0.0
+    out = {}
     for g in ws.groups:
         acc = None
         for name, axis in ws.group_axes(g.id):
@@ -89,21 +117,101 @@ def group_lasso(ws, stacked: dict[str, torch.Tensor], names: set[str]) -> torch.
             part = sq.new_zeros(sq.shape[0], g.size).index_add(1, pos[keep], sq[:, keep])
             acc = part if acc is None else acc + part
         if acc is not None:
-            total = total + (acc + 1e-12).sqrt().sum()
-    return total
+            out[g.id] = (acc + 1e-12).sqrt()
+    return out
+
+
+def group_lasso(ws, stacked: dict[str, torch.Tensor], names: set[str]) -> torch.Tensor:
+    """Sum over networks, groups and neurons of each neuron's L2 norm over the tensors of its
+    group (``stacked``: ``{name: [B, ...]}``; only tensors in ``names``). Differentiable."""
+    return sum(n.sum() for n in batched_group_norms(ws, stacked, names).values())
+
+
+def masked(ws, stacked: dict[str, torch.Tensor], names: set[str], ratio: float,
+           allocation: str = "uniform") -> dict[str, torch.Tensor]:
+    """``stacked`` with the neurons that magnitude pruning at ``ratio`` would remove set to
+    zero in every tensor of their group (per network; "uniform": that fraction of each
+    group, "global": of all neurons together, at least one per group). A neuron zeroed in
+    every tensor of its group contributes nothing, so this is the pruned network at the
+    original size, and gradients reach the neurons kept. Which neurons go is chosen on the
+    detached norms."""
+    from metanet.prune.core import _positions
+
+    norms = {g: n.detach() for g, n in batched_group_norms(ws, stacked, names).items()}
+    keep = {}
+    if allocation == "global":
+        flat = torch.cat(list(norms.values()), 1)                          # [B, all neurons]
+        n_remove = int(round(flat.shape[1] * ratio))
+        thr = flat.sort(1).values[:, max(n_remove - 1, 0)].unsqueeze(1) if n_remove else None
+        for g, n in norms.items():
+            k = (n > thr) if thr is not None else torch.ones_like(n, dtype=torch.bool)
+            k[torch.arange(n.shape[0]), n.argmax(1)] = True
+            keep[g] = k
+    else:
+        for g, n in norms.items():
+            size = n.shape[1]
+            n_keep = max(1, size - int(round(size * ratio)))
+            k = torch.zeros_like(n, dtype=torch.bool)
+            k.scatter_(1, n.topk(n_keep, 1).indices, True)
+            keep[g] = k
+    out = dict(stacked)
+    for g in ws.groups:
+        if g.id not in keep:
+            continue
+        m = keep[g.id]
+        for name, axis in ws.group_axes(g.id):
+            if name not in names:
+                continue
+            pos = _positions(ws.axes(name)[axis], ws.spaces.sizes, g.space).to(m.device)
+            full = torch.ones(m.shape[0], pos.numel(), dtype=out[name].dtype, device=m.device)
+            inside = pos >= 0
+            full[:, inside] = m[:, pos[inside]].to(full.dtype)
+            shape = [m.shape[0]] + [1] * (out[name].dim() - 1)
+            shape[axis + 1] = pos.numel()
+            out[name] = out[name] * full.reshape(shape)
+    return out
+
+
+# GMN options pinned (metanet.nn's defaults change as it is tuned for other tasks): mean
+# aggregation, raw weights (no canonical forms, one linear map of the standardised values)
+# and the plain readout (unused here). Options a GMN version does not have are its default.
+GMN_PINS = {"aggr": "mean", "canonical": None, "value_scales": (), "readout_bins": 0}
+
+
+def _gmn_pins(gmn_class) -> dict:
+    import inspect
+
+    accepted = inspect.signature(gmn_class.__init__).parameters
+    return {k: v for k, v in GMN_PINS.items() if k in accepted}
 
 
 class MetaPruner(nn.Module):
-    """A GMN edge head writing a correction to every weight: ``new = old + gate * delta``."""
+    """A GMN edge head editing every weight: ``new = old + gate * delta`` (mode "add") or
+    ``new = old * (1 + gate * delta)`` (mode "scale": the edit can shrink a neuron's
+    weights towards zero but not create weights where there were none)."""
 
-    def __init__(self, ws, in_width: int, hidden: int, layers: int, layout: str = "compact"):
+    def __init__(self, ws, in_width: int, hidden: int, layers: int, layout: str = "compact", mode: str = "add"):
         super().__init__()
         from metanet.nn import GMN
 
-        self.ws, self.layout = ws, layout
+        if mode not in ("add", "scale"):
+            raise ValueError(f"MetaPruner mode is 'add' or 'scale', got {mode!r}")
+        self.ws, self.layout, self.mode = ws, layout, mode
         self.in_width, self.hidden = in_width, hidden
-        self.gmn = GMN(in_width=in_width, hidden=hidden, layers=layers, edge_out=in_width)
+        self.gmn = GMN(in_width=in_width, hidden=hidden, layers=layers, edge_out=in_width, **_gmn_pins(GMN))
         self.gate = nn.Parameter(torch.zeros(()))
+
+    def start_at_identity(self) -> "MetaPruner":
+        """Open the gate and zero the edge head's last layer instead: still the identity, but
+        the gradient reaches the head from the first step (with a closed gate it reaches only
+        the gate)."""
+        last = [m for m in self.gmn.edge_head.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+            self.gate.fill_(1.0)
+        return self
 
     def forward(self, stacked: dict[str, torch.Tensor], editable: set[str] | None = None) -> dict[str, torch.Tensor]:
         """Edited stacked checkpoints; only tensors in ``editable`` (the parameters: running
@@ -112,9 +220,13 @@ class MetaPruner(nn.Module):
 
         g = SharedBatch.of(self.ws, stacked, layout=self.layout)
         delta = self.ws.state_dicts(self.gmn.edit(g))
-        return {k: v + self.gate * delta[k]
-                if k in delta and v.is_floating_point() and (editable is None or k in editable) else v
-                for k, v in stacked.items()}
+
+        def new(k, v):
+            if k not in delta or not v.is_floating_point() or (editable is not None and k not in editable):
+                return v
+            return v + self.gate * delta[k] if self.mode == "add" else v * (1 + self.gate * delta[k])
+
+        return {k: new(k, v) for k, v in stacked.items()}
 
 
 def save_meta_pruner(meta: MetaPruner, path) -> None:
@@ -123,7 +235,7 @@ def save_meta_pruner(meta: MetaPruner, path) -> None:
 
     gmn = meta.gmn
     meta_info = {"in_width": str(meta.in_width), "hidden": str(meta.hidden), "layers": str(len(gmn.layers)),
-                 "layout": meta.layout}
+                 "layout": meta.layout, "mode": meta.mode}
     save_model(meta, str(path), metadata=meta_info)
 
 
@@ -143,7 +255,7 @@ def load_meta_pruner(path, ws) -> MetaPruner:
         raise ValueError(f"{path} reads edge features of width {info['in_width']} (e.g. 3x3 kernels), this "
                          f"model's parameter graph has width {width}: the metanetwork cannot read it")
     meta = MetaPruner(ws, int(info["in_width"]), int(info["hidden"]), int(info["layers"]),
-                      info.get("layout", "compact"))
+                      info.get("layout", "compact"), info.get("mode", "add"))
     load_model(meta, str(path))
     return meta.eval()
 
@@ -178,12 +290,88 @@ def _accuracy(net: nn.Module, data) -> float:
     return float((net(data.x_test).argmax(-1) == data.y_test).float().mean())
 
 
+def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], template: nn.Module, data,
+                gen: torch.Generator, log: Callable[[str], None], losses: list[float]) -> MetaPruner:
+    """Meta-train a :class:`MetaPruner` on ``train_nets``: task loss of the edited networks,
+    ``prune_aware`` x task loss of the edited networks with the neurons that magnitude
+    pruning at a random ratio would remove zeroed (:func:`masked`), and ``lam`` x group
+    lasso of the edited networks."""
+    from tqdm.auto import tqdm
+
+    params = {n for n, _ in train_nets[0].named_parameters()}
+    width = int(ws.layout("compact").width)
+    meta = MetaPruner(ws, width, config.hidden, config.layers, mode=config.mode)
+    stacked_all = {k: torch.stack([n.state_dict()[k] for n in train_nets]) for k in ws.keys}
+    if config.normalize:    # per-role standardisation of the GMN's inputs, fitted on the meta-training zoo
+        from metanet.graph import SharedBatch
+        meta.gmn.fit_normalization([SharedBatch.of(ws, stacked_all, layout="compact")])
+    if config.open_gate:
+        meta.start_at_identity()
+    opt = torch.optim.AdamW(meta.parameters(), lr=config.lr)
+    lo, hi = config.mask_ratios
+
+    # with batch_stats, norms use batch statistics (train mode) as the fine-tune will: the
+    # running statistics belong to the unedited network and the fine-tune replaces them, so
+    # an edit tuned to them would not survive it. Only parameters are passed then (running
+    # statistics updated in train mode are the template's own and never read).
+    template.train(config.batch_stats)
+    keys = params if config.batch_stats else set(ws.keys)
+
+    def task_loss(new, x, y, n):
+        return sum(F.cross_entropy(functional_call(template, {k: v[b] for k, v in new.items() if k in keys},
+                                                   (x,), strict=False), y)
+                   for b in range(n)) / n
+
+    bar = tqdm(range(config.meta_steps), desc="meta-training", disable=not config.progress, leave=False)
+    for step in bar:
+        pick = torch.randperm(len(train_nets), generator=gen)[:config.meta_batch]
+        stacked = {k: v[pick] for k, v in stacked_all.items()}
+        new = meta(stacked, params)
+        idx = torch.randint(0, len(data.y_train), (config.batch_size,), generator=gen)
+        x, y = data.x_train[idx], data.y_train[idx]
+        task = task_loss(new, x, y, len(pick))
+        sparsity = group_lasso(ws, new, params) / len(pick)
+        loss = task + config.lam * sparsity
+        pruned_task = torch.zeros(())
+        if config.prune_aware:
+            r = lo + (hi - lo) * float(torch.rand((), generator=gen))
+            pruned_task = task_loss(masked(ws, new, params, r, config.allocation), x, y, len(pick))
+            loss = loss + config.prune_aware * pruned_task
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(task=f"{float(task.detach()):.3f}", pruned=f"{float(pruned_task):.3f}",
+                        lasso=f"{float(sparsity.detach()):.1f}", refresh=False)
+        if step % max(config.meta_steps // 5, 1) == 0 or step == config.meta_steps - 1:
+            log(f"  meta step {step + 1}/{config.meta_steps}: task {float(task.detach()):.3f}  pruned task "
+                f"{float(pruned_task):.3f}  group lasso {float(sparsity.detach()):.1f}  "
+                f"gate {float(meta.gate.detach()):.3f}")
+    return meta.eval()
+
+
+def norm_spread(ws, model: nn.Module) -> dict[str, float]:
+    """How far apart a network's group norms are: the mean over groups of the coefficient of
+    variation of its neurons' norms, and the fraction of neurons whose norm is under 10% of
+    the largest in their group."""
+    from metanet.prune import group_norms
+
+    params = {n for n, _ in model.named_parameters()}
+    norms = group_norms(ws, model.state_dict(), 2, params)
+    cv = [float(n.std() / n.mean().clamp_min(1e-12)) for n in norms.values() if n.numel() > 1]
+    small = sum(int((n < 0.1 * n.max()).sum()) for n in norms.values())
+    total = sum(n.numel() for n in norms.values())
+    return {"cv": sum(cv) / max(len(cv), 1), "small": small / max(total, 1)}
+
+
 def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] = print,
         extra_methods: dict[str, Callable] | None = None) -> MetaPruneResult:
     """Run the job. ``extra_methods`` adds baselines: ``{name: fn(net, example_inputs, speedup,
     seed) -> (pruned model, FLOP reduction)}``, evaluated like the others (e.g. another
     library's pruner, see benchmarks/prune.py)."""
-    from metanet.prune import measure_latencies, prune
+    from tqdm.auto import tqdm
+
+    from metanet.prune import group_norms, measure_latencies, prune
     from metanet.space import WeightSpace
     from zoo.data import load_dataset
     from zoo.models import create, small_cnn
@@ -199,73 +387,70 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
             return create("tiny_resnet", width=config.channels, input_size=8)
         raise ValueError(f"MetaPruneConfig.arch is 'small_cnn' or 'tiny_resnet', got {config.arch!r}")
 
+    # method -> (network pruned: the original or the metanetwork's output, criterion, allocation);
+    # "meta (scores)" prunes the original network, keeping the neurons of largest norm in the output
+    known = {"random": ("net", "random", "uniform"), "magnitude": ("net", "magnitude", "uniform"),
+             "magnitude (global)": ("net", "magnitude", "global"), "meta": ("edited", "magnitude", config.allocation),
+             "meta (scores)": ("net", "edited norms", config.allocation)}
+    unknown = [m for m in config.methods if m not in known]
+    if unknown:
+        raise ValueError(f"MetaPruneConfig.methods: unknown {unknown}; known: {', '.join(known)}")
+    methods = list(config.methods) + list(extra_methods or {})
+
     for seed in config.seeds:
         # -- zoo: networks trained here; the held-out ones are never seen in meta-training
         gen = torch.Generator().manual_seed(seed)
         nets = []
         t0 = time.perf_counter()
-        for i in range(config.n_train_nets + config.n_test_nets):
+        for i in tqdm(range(config.n_train_nets + config.n_test_nets), desc=f"seed {seed}: training the zoo",
+                      disable=not config.progress, leave=False):
             torch.manual_seed(1000 * seed + i)
             nets.append(_train_net(make(), data, config.net_steps, config.batch_size, gen))
         train_nets, test_nets = nets[:config.n_train_nets], nets[config.n_train_nets:]
         log(f"seed {seed}: trained {len(nets)} networks in {time.perf_counter() - t0:.0f} s, held-out accuracy "
             + ", ".join(f"{100 * _accuracy(n, data):.1f}" for n in test_nets))
 
-        # -- metanetwork
+        # -- meta-training
         ws = WeightSpace.of(train_nets[0], example)
         params = {n for n, _ in train_nets[0].named_parameters()}
-        width = int(ws.layout("compact").width)
-        meta = MetaPruner(ws, width, config.hidden, config.layers)
-        opt = torch.optim.AdamW(meta.parameters(), lr=config.lr)
-        stacked_all = {k: torch.stack([n.state_dict()[k] for n in train_nets]) for k in ws.keys}
-        template = make().eval()
-
-        # -- meta-training: task loss of the edited networks + group lasso
-        for step in range(config.meta_steps):
-            pick = torch.randperm(len(train_nets), generator=gen)[:config.meta_batch]
-            stacked = {k: v[pick] for k, v in stacked_all.items()}
-            new = meta(stacked, params)
-            idx = torch.randint(0, len(data.y_train), (config.batch_size,), generator=gen)
-            x, y = data.x_train[idx], data.y_train[idx]
-            task = sum(F.cross_entropy(functional_call(template, {k: v[b] for k, v in new.items()}, (x,)), y)
-                       for b in range(len(pick))) / len(pick)
-            sparsity = group_lasso(ws, new, params) / len(pick)
-            loss = task + config.lam * sparsity
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            result.meta_loss.append(float(loss.detach()))
-            if step % max(config.meta_steps // 5, 1) == 0 or step == config.meta_steps - 1:
-                log(f"  meta step {step + 1}/{config.meta_steps}: task {float(task.detach()):.3f}  group lasso "
-                    f"{float(sparsity.detach()):.1f}  gate {float(meta.gate.detach()):.3f}")
-
-        meta.eval()
+        meta = _meta_train(config, ws, train_nets, make().eval(), data, gen, log, result.meta_loss)
         if config.out:
             Path(config.out).mkdir(parents=True, exist_ok=True)
             save_meta_pruner(meta, Path(config.out) / f"metapruner_seed{seed}.safetensors")
+
         # -- held-out networks: one forward pass, magnitude pruning, a short fine-tune
+        bar = tqdm(total=len(test_nets) * len(config.speedups) * len(methods), desc=f"seed {seed}: held-out",
+                   disable=not config.progress, leave=False)
         for j, net in enumerate(test_nets):
             edited = edit(meta, net)
-            sources = {"random": (net, "random"), "magnitude": (net, "magnitude"), "meta": (edited, "magnitude")}
-            methods = list(sources) + list(extra_methods or {})
+            before, after = norm_spread(ws, net), norm_spread(ws, edited)
+            result.spread.append({"seed": seed, "net": j, "before": before, "after": after})
+            log(f"  held-out net {j}: group-norm spread (mean CV) {before['cv']:.2f} -> {after['cv']:.2f}, "
+                f"neurons under 10% of their group's largest {100 * before['small']:.0f}% -> "
+                f"{100 * after['small']:.0f}%; edited accuracy {100 * _accuracy(edited, data):.1f}%")
             for s in config.speedups:
                 for method in methods:
-                    if method in sources:
-                        src, crit = sources[method]
-                        res = prune(src, example, crit, speedup=s, latency=False, ws=ws,
-                                    generator=torch.Generator().manual_seed(seed * 100 + j))
+                    if method in known:
+                        which, crit, alloc = known[method]
+                        if crit == "edited norms":
+                            crit = group_norms(ws, edited.state_dict(), 2, params)
+                        res = prune(edited if which == "edited" else net, example, crit, speedup=s, latency=False,
+                                    ws=ws, allocation=alloc, generator=torch.Generator().manual_seed(seed * 100 + j))
                         model, reduction = res.model, res.flops_reduction
                     else:
                         model, reduction = extra_methods[method](net, example, s, seed)
+                    pruned_acc = _accuracy(model, data)   # extra methods too: the same test split
                     pruned = _train_net(model, data, config.finetune_steps, config.batch_size,
                                         torch.Generator().manual_seed(seed * 100 + j), lr=1e-3)
-                    t_before, t_after = measure_latencies([net, pruned], (data.x_test[:64],), repeats=10)
-                    row = {"seed": seed, "net": j, "method": method, "speedup": s,
-                           "flops_reduction": reduction, "latency_speedup": t_before / t_after,
-                           "accuracy": _accuracy(pruned, data)}
-                    result.rows.append(row)
+                    t_before, t_after = measure_latencies([net, pruned], (data.x_test,), repeats=10)
+                    result.rows.append({"seed": seed, "net": j, "method": method, "speedup": s,
+                                        "flops_reduction": reduction, "latency_speedup": t_before / t_after,
+                                        "accuracy_before_finetune": pruned_acc, "accuracy": _accuracy(pruned, data)})
+                    bar.update()
                 log(f"  held-out net {j}, {s}x: " + ", ".join(
-                    f"{r['method']} {100 * r['accuracy']:.1f}%" for r in result.rows[-len(methods):]))
+                    f"{r['method']} {100 * r['accuracy']:.1f}% ({100 * r['accuracy_before_finetune']:.1f}% "
+                    f"before fine-tune)" for r in result.rows[-len(methods):]))
+        bar.close()
 
     log(result.table())
     if config.out:
@@ -276,7 +461,7 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
 def _save(result: MetaPruneResult, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = asdict(result.config)
-    (out / "results.json").write_text(json.dumps({"config": cfg, "rows": result.rows,
+    (out / "results.json").write_text(json.dumps({"config": cfg, "rows": result.rows, "spread": result.spread,
                                                   "meta_loss": result.meta_loss}, indent=1))
     (out / "results.md").write_text(
         "# Meta pruning: held-out accuracy (%) after pruning to a FLOP reduction and a short fine-tune\n\n"

@@ -10,6 +10,7 @@ refusals leave the model untouched.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from archs import ARCHS, flatten_outputs
-from metanet.prune import PruneError, count_flops, group_norms, keep_top, load, prune, prune_model, save, scores_for
+from metanet.prune import (PruneError, count_flops, group_norms, keep_global, keep_top, load, prune, prune_model, save,
+                           scores_for)
 from metanet.prune.core import _positions
 from metanet.space import WeightSpace
 
@@ -162,6 +164,21 @@ def test_speedup_target_is_reached():
     res = prune(model, inputs, "magnitude", speedup=2.0, latency=False)
     assert res.flops_reduction >= 2.0
     assert res.flops_reduction < 3.0     # the smallest ratio that reaches it, not everything
+
+
+def test_global_allocation_removes_the_lowest_scores_over_all_groups():
+    model, inputs, ws = _space("mlp_relu")          # two groups of 8
+    scores = {0: torch.arange(8.0) + 100, 1: torch.arange(8.0)}
+    keep = keep_global(ws, scores, 0.5)             # the 8 lowest are all in group 1: one of it stays
+    assert 0 not in keep and keep[1].tolist() == [7]
+    keep = keep_global(ws, {0: torch.arange(8.0), 1: torch.arange(8.0) + 0.5}, 0.5)
+    assert keep[0].tolist() == [4, 5, 6, 7] and keep[1].tolist() == [4, 5, 6, 7]
+    uniform = prune(model, inputs, scores, speedup=1.5, latency=False, ws=ws)
+    glob = prune(model, inputs, scores, speedup=1.5, latency=False, ws=ws, allocation="global")
+    assert glob.flops_reduction >= 1.5 and uniform.flops_reduction >= 1.5
+    assert glob.groups[1][1] < uniform.groups[1][1] and 0 not in glob.groups   # group 1 pays for both
+    with pytest.raises(PruneError, match="allocation must be"):
+        prune(model, inputs, scores, ratio=0.5, latency=False, ws=ws, allocation="layerwise")
 
 
 # -- architectures ----------------------------------------------------------------------------------------
@@ -355,6 +372,44 @@ def test_group_lasso_matches_group_norms():
     want = sum(v.sum() for v in group_norms(ws, sd, 2, names).values())
     got = group_lasso(ws, {k: v.unsqueeze(0) for k, v in sd.items()}, names)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet_basic"])
+def test_masked_output_is_the_pruned_network(name):
+    # zeroing the neurons magnitude pruning removes, in every tensor of their group, is the pruned network
+    from tasks.meta_prune import masked
+
+    model, inputs, ws = _space(name)
+    params = {n for n, _ in model.named_parameters()}
+    sd = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
+    for ratio in (0.25, 0.5):
+        zeroed = {k: v[0] for k, v in masked(ws, sd, params, ratio).items()}
+        assert any(not torch.equal(zeroed[k], sd[k][0]) for k in params)
+        keep = keep_top(ws, scores_for(ws, model, "magnitude"), ratio)
+        pruned = prune_model(ws, model, keep, inputs)
+        twin = copy.deepcopy(model)
+        twin.load_state_dict(zeroed)
+        torch.testing.assert_close(_outputs(twin, inputs)[0], _outputs(pruned, inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_meta_pruner_starts_at_the_identity_and_scale_mode_is_equivariant():
+    from tasks.meta_prune import MetaPruner
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    sd = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2, mode="scale").start_at_identity()
+    with torch.no_grad():
+        assert all(torch.equal(v, sd[k]) for k, v in meta(sd).items())
+        for p in meta.gmn.edge_head.parameters():
+            p.normal_(0, 0.3)
+        perm = ws.sample_permutation(torch.Generator().manual_seed(2))
+        edited = meta(sd)
+        assert any((edited[k] - sd[k]).abs().max() > 1e-3 for k in sd)
+        want = ws.permute(edited, perm, batched=True)
+        got = meta(ws.permute(sd, perm, batched=True))
+    for k in sd:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
