@@ -212,3 +212,26 @@ def test_residual_ghn_starts_at_the_models_init_and_learns_a_correction():
         torch.testing.assert_close(pred[k], p.detach(), rtol=0, atol=0)
     sum(o.pow(2).mean() for o in run(model, pred, x)).backward()
     assert ghn.alpha.grad is not None and ghn.alpha.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("positions", [True, False])
+def test_depth_embeddings_tell_repeated_blocks_apart(positions):
+    """The same op in every block of a transformer has the same kind, shape and
+    neighbourhood; only its depth tells the blocks apart, so only with depth embeddings
+    do the blocks get different predicted weights."""
+    import zoo
+
+    torch.manual_seed(0)
+    model = zoo.create("tiny_transformer", in_channels=1, n_classes=10, input_size=8, patch_size=2,
+                       dim=16, depth=3, heads=2, mlp_ratio=2.0, activation="gelu", norm="layer")
+    ghn = GHN(gnn="transformer", decoder="tiled", hid=32, layers=2, block=16, positions=positions)
+    with torch.no_grad():
+        p = ghn.predict(model)
+    w = [p[f"blocks.{i}.fc1.weight"].flatten() for i in range(3)]
+    cos = max(float(torch.cosine_similarity(w[i], w[j], 0)) for i in range(3) for j in range(i + 1, 3))
+    if positions:
+        assert cos < 0.99
+    else:
+        assert cos > 0.999
+    depth = hyper_graph(model).depths()
+    assert depth.shape == (hyper_graph(model).n, 2) and int(depth.min()) == 0

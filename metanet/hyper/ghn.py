@@ -55,6 +55,7 @@ __all__ = ["GHN", "Prediction"]
 
 _TRANSFORMS = ("fan_in", "norm_scale", "bias", "plain")
 _MAX_SLOT = 8
+_MAX_DEPTH = 64
 
 
 class Prediction(dict):
@@ -95,12 +96,15 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         rank: rank of the low-rank decoder.
         classifier_rows: rows (classes) the classifier head predicts before repeating.
         residual: MIP's additive output (model's init + learned correction).
+        positions: add embeddings of each node's depth from the inputs and to the
+            outputs (capped at 63). Without them the same op in every block of a
+            transformer gets the same embedding, hence the same predicted weights.
     """
 
     def __init__(self, hid: int = 64, gnn: str = "transformer", layers: int = 3, heads: int = 4,
                  max_virtual: int = 5, max_dist: int = 8, decoder: str = "tiled", block: int = 32,
                  kernel: int = 3, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
-                 residual: bool = False):
+                 residual: bool = False, positions: bool = True):
         super().__init__()
         if gnn not in ("gated", "transformer"):
             raise ValueError(f"gnn must be 'gated' (GHN-2) or 'transformer' (GHN-3), got {gnn!r}")
@@ -109,10 +113,12 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         self.config = dict(hid=hid, gnn=gnn, layers=layers, heads=heads, max_virtual=max_virtual,
                            max_dist=max_dist, decoder=decoder, block=block, kernel=kernel,
                            max_width=max_width, rank=rank, classifier_rows=classifier_rows,
-                           residual=residual)
+                           residual=residual, positions=positions)
         self.residual = residual
         self.kind_embed = nn.Embedding(len(KINDS), hid)
         self.shape_embed = nn.ModuleList(nn.Embedding(N_SHAPE_BUCKETS, hid) for _ in range(4))
+        self.depth_embed = (nn.ModuleList(nn.Embedding(_MAX_DEPTH, hid) for _ in range(2))
+                            if positions else None)
         if gnn == "gated":
             self.gnn = GatedGNN(hid, rounds=layers, max_virtual=max_virtual)
         else:
@@ -145,6 +151,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         sf = g.shape_feats.to(dev)
         for j, emb in enumerate(self.shape_embed):
             h = h + emb(sf[:, j])
+        if self.depth_embed is not None:
+            depth = g.depths().clamp(max=_MAX_DEPTH - 1).to(dev)
+            for j, emb in enumerate(self.depth_embed):
+                h = h + emb(depth[:, j])
         return self.norm(self.gnn(h, g))
 
     # -- prediction --------------------------------------------------------------------------------

@@ -90,6 +90,21 @@ class HyperGraph:
             self._cache[key] = _levels(self, reverse, max_virtual)
         return self._cache[key]
 
+    # -- position: how far a node lies from the inputs and from the outputs -----------------
+    def depths(self) -> torch.Tensor:
+        """[N, 2] long: the longest data-flow path from any source to each node, and from
+        each node to any sink. Nodes that the graph network cannot tell apart otherwise
+        (the same op in every block of a transformer, say) differ in these."""
+        if "depths" not in self._cache:
+            src, dst = self.edge_index[0].tolist(), self.edge_index[1].tolist()
+            fw, bw = [0] * self.n, [0] * self.n
+            for s, d in sorted(zip(src, dst), key=lambda e: e[1]):   # topological: src < dst
+                fw[d] = max(fw[d], fw[s] + 1)
+            for s, d in sorted(zip(src, dst), key=lambda e: -e[0]):
+                bw[s] = max(bw[s], bw[d] + 1)
+            self._cache["depths"] = torch.tensor([fw, bw], dtype=torch.long).t().reshape(self.n, 2)
+        return self._cache["depths"]
+
     # -- GHN-3: shortest-path distances for attention biases ---------------------------------
     def distances(self, max_dist: int = 8) -> torch.Tensor:
         """[N, N] uint8 directed shortest-path distance along data flow, capped at
