@@ -29,3 +29,25 @@ def test_digits_siren_fits_the_resampled_image(size):
     assert result.metrics[-1]["mse"] < 0.5 * result.metrics[0]["mse"]
     img = load_images("digits", resize=want)[0][job.meta["image"]]
     assert img.shape[-1] == want
+
+
+def test_dwsnets_init_zero_biases_small_first_layer_and_the_same_in_a_batch():
+    from zoo.batched import train_batch
+    from zoo.models import create
+
+    torch.manual_seed(0)
+    m = create("siren", hidden=32, n_layers=3, init="dwsnets", out_offset=0.5)
+    assert all(float(layer.bias.abs().max()) == 0 for layer in m.layers)
+    assert float(m.layers[0].weight.abs().max()) <= (6 / 2) ** 0.5 / 30
+    torch.manual_seed(0)
+    paper = create("siren", hidden=32, n_layers=3)
+    assert float(paper.layers[0].weight.abs().max()) > 0.1 and float(paper.layers[0].bias.abs().max()) > 0
+    with pytest.raises(ValueError, match="sitzmann"):
+        create("siren", init="xavier")
+    jobs = get_recipe("digits_siren").jobs(3, seed=0, steps=[0, 20], views=1, init="dwsnets")
+    assert all(j.arch_kwargs["init"] == "dwsnets" and j.arch_kwargs["out_offset"] == 0.5 for j in jobs)
+    for b in train_batch(jobs):
+        alone = train_job(b.job)
+        for k, v in alone.state_dicts[-1].items():
+            torch.testing.assert_close(b.state_dicts[-1][k], v, rtol=1e-5, atol=1e-6)
+        assert alone.metrics[-1]["mse"] < alone.metrics[0]["mse"]

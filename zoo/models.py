@@ -279,14 +279,19 @@ class Siren(nn.Module):
     """SIREN (Sitzmann et al. 2020): ``layers.i`` Linear, ``sin(w0 * (W x + b))`` after
     every layer but the last, plus ``out_offset`` on the output (DWSNets' INRs use 0.5).
 
-    ``n_layers`` counts Linear layers (DWSNets' MNIST INRs: 3 layers, hidden 32)."""
+    ``n_layers`` counts Linear layers (DWSNets' MNIST INRs: 3 layers, hidden 32).
+    ``init``: ``"sitzmann"`` (the paper's: first layer U(±1/fan_in), biases
+    U(±1/sqrt(fan_in))) or ``"dwsnets"`` (DWSNets' INR code: every layer
+    U(±sqrt(6/fan_in)/w0), biases zero)."""
 
     def __init__(self, in_features: int = 2, out_features: int = 1, hidden: int = 32,
                  n_layers: int = 3, w0: float = 30.0, w0_first: float | None = None,
-                 out_offset: float = 0.0, n_points: int = 64):
+                 out_offset: float = 0.0, n_points: int = 64, init: str = "sitzmann"):
         super().__init__()
         if n_layers < 2:
             raise ValueError("a SIREN needs at least 2 layers")
+        if init not in ("sitzmann", "dwsnets"):
+            raise ValueError(f"SIREN init is 'sitzmann' or 'dwsnets', got {init!r}")
         dims = [in_features] + [hidden] * (n_layers - 1) + [out_features]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.w0 = float(w0)
@@ -297,9 +302,12 @@ class Siren(nn.Module):
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
                 fan_in = layer.in_features
-                bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / self.w0
+                bound = 1.0 / fan_in if i == 0 and init == "sitzmann" else math.sqrt(6.0 / fan_in) / self.w0
                 layer.weight.uniform_(-bound, bound)
-                layer.bias.uniform_(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+                if init == "sitzmann":
+                    layer.bias.uniform_(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+                else:
+                    layer.bias.zero_()
 
     def example_input(self, batch: int | None = None) -> torch.Tensor:
         return torch.zeros(self.n_points if batch is None else batch, self.in_features)

@@ -268,6 +268,8 @@ def _inr(dataset: str):
             hp["lr"] = _log_uniform(rng, opts["lr"] / 3, opts["lr"] * 3)
         kw = dict(in_features=2, out_features=1, hidden=int(opts["hidden"]),
                   n_layers=int(opts["n_layers"]), w0=30.0)
+        if opts.get("init", "sitzmann") != "sitzmann":   # DWSNets' INRs: their init, output offset 0.5
+            kw.update(init=str(opts["init"]), out_offset=0.5)
         data_kwargs = {}
         if dataset == "shapes":
             data_kwargs = dict(n_train=int(opts["n_images"]), n_test=0, size=int(opts["image_size"]))
@@ -291,7 +293,7 @@ register_recipe(Recipe(
     "each image from different seeds.",
     _inr("digits"), prepare=_inr_prepare("digits"),
     defaults={"steps": [0, 100, 500], "views": 2, "hidden": 32, "n_layers": 3, "lr": 1e-3,
-              "image_size": 16},
+              "image_size": 16, "init": "sitzmann"},
 ))
 
 register_recipe(Recipe(
