@@ -419,19 +419,21 @@ def write_markdown(res: dict, path: Path) -> None:
               + ", ".join(f"{r['case']}: PyG graph {r['param_graph_bytes_per_weight']:.1f}, shared batch "
                           f"{r['shared_param_bytes_per_weight']:.1f}" for r in res["convert"][:1]) + ".", ""]
     def setting(part):
-        st = res.get("part_settings", {}).get(part, {})
-        cmd = res.get("commands", {}).get(part, res["command"])
-        cap = f", at most {st['max_train']} training checkpoints" if st.get("max_train") else ""
-        load = f", load average {st['machine_load']:.1f} at the start" if "machine_load" in st else ""
+        out = []
+        for st in res.get("part_runs", {}).get(part, [{"command": res["command"]}]):
+            cap = f", at most {st['max_train']} training checkpoints" if st.get("max_train") else ""
+            load = f", load average {st['machine_load']:.1f} at the start" if "machine_load" in st else ""
+            which = f" ({st['models']})" if st.get("models") else ""
+            out.append(f"`{st['command']}`{which}: {st.get('seeds', res['seeds'])} seed(s), "
+                       f"{st.get('epochs', res['epochs'])} epochs{cap}{load}")
         secs = sum(r.get("seconds", 0) for r in res.get(part) or [] if isinstance(r, dict))
-        took = f", {secs / 60:.0f} min of training" if secs else ""
-        return (f"`{cmd}`: {st.get('seeds', res['seeds'])} seed(s), {st.get('epochs', res['epochs'])} epochs"
-                f"{cap}{load}{took}.")
+        took = f"; {secs / 60:.0f} min of training in all" if secs else ""
+        return "; then ".join(out) + took + "."
 
     def regression_table(rows, names):
-        T = ["| model | Kendall τ | R² | train networks/s | best epochs |", "|---|---|---|---:|---|"]
+        T = ["| model | Kendall τ | R² | seeds | train networks/s | best epochs |", "|---|---|---|---:|---:|---|"]
         for r in rows:
-            T.append(f"| {names.get(r['model'], r['model'])} | {fmt(r['tau'])} | {fmt(r['r2'])} | "
+            T.append(f"| {names.get(r['model'], r['model'])} | {fmt(r['tau'])} | {fmt(r['r2'])} | {len(r['taus'])} | "
                      f"{r['train_networks_per_s'][0]:.0f} | {', '.join(map(str, r.get('best_epochs', [])))} |")
         return T
 
@@ -496,6 +498,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--parts", default="convert,accuracy,mixed,unseen,inr,throughput")
     ap.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints per task")
+    ap.add_argument("--models", default=None,
+                    help="accuracy part: only these models (comma-separated); the JSON keeps the other rows")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
@@ -521,10 +525,11 @@ def main(argv=None) -> int:
         old = json.loads(prev.read_text())
         keep = {k: v for k, v in old.items() if k not in res and k != "seconds"}
         res = {**keep, **res}
-    for part in parts:
-        res.setdefault("commands", {})[part] = res["command"]
-        res.setdefault("part_settings", {})[part] = {"seeds": seeds, "epochs": epochs, "max_train": args.max_train,
-                                                     "machine_load": os.getloadavg()[0]}
+    for part in parts:   # a run of some accuracy models (--models) adds its command to the part's
+        st = {"command": res["command"], "seeds": seeds, "epochs": epochs, "max_train": args.max_train,
+              "machine_load": os.getloadavg()[0], "models": args.models if part == "accuracy" else None}
+        runs = res.setdefault("part_runs", {})
+        runs[part] = (runs.get(part, []) if part == "accuracy" and args.models else []) + [st]
 
     def save():   # after every part: a long run killed midway keeps what it measured
         res["seconds"] = time.perf_counter() - t0
@@ -542,8 +547,10 @@ def main(argv=None) -> int:
         cnn = ensure_zoo("digits_cnn", 100 if args.quick else 1000, args.quick)
     if "accuracy" in parts:
         res["accuracy_zoo"] = str(cnn.relative_to(ROOT))
-        res["accuracy"] = []
-        accuracy_part(cnn, seeds, epochs, args.max_train, res["accuracy"])
+        models = args.models.split(",") if args.models else None
+        res["accuracy"] = [r for r in res.get("accuracy", []) if models and r["model"] not in models]
+        accuracy_part(cnn, seeds, epochs, args.max_train, res["accuracy"],
+                      **({"models": models} if models else {}))
         save()
     if "mixed" in parts:
         mixed = ensure_zoo("mixed", 60 if args.quick else 500, args.quick)
