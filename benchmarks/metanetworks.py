@@ -449,8 +449,10 @@ def write_markdown(res: dict, path: Path) -> None:
                      if "nfn_public" in by else "") + "."]
         L.append("")
     if res.get("mixed"):
-        L += [f"## Mixed architectures ({res['mixed_zoo']}: small CNNs, tiny ResNets, transformers; every saved "
-              "step, test split)", "", setting("mixed"), ""] + regression_table(res["mixed"], names)
+        size = (f"{res['mixed_networks']} networks of {res['mixed_architectures']} architectures (with kwargs), "
+                if "mixed_networks" in res else "")
+        L += [f"## Mixed architectures ({res['mixed_zoo']}: {size}small CNNs, tiny ResNets, transformers; every "
+              "saved step, test split)", "", setting("mixed"), ""] + regression_table(res["mixed"], names)
         by = {r["model"]: r["tau"][0] for r in res["mixed"]}
         if "gmn" in by and "statnn" in by:
             L += ["", f"GMN − StatNN: {by['gmn'] - by['statnn']:+.3f} τ (target ≥ +0.08). StatNN pools its "
@@ -555,6 +557,12 @@ def main(argv=None) -> int:
     if "mixed" in parts:
         mixed = ensure_zoo("mixed", 60 if args.quick else 500, args.quick)
         res["mixed_zoo"] = str(mixed.relative_to(ROOT))
+        from zoo import Zoo
+
+        mz = Zoo.open(mixed)
+        res["mixed_networks"] = len({mz.record(i)["job"] for i in range(len(mz))})
+        res["mixed_architectures"] = len({json.dumps([mz.record(i)["arch"], mz.record(i)["arch_kwargs"]], sort_keys=True)
+                                          for i in range(len(mz))})
         res["mixed"] = []
         accuracy_part(mixed, seeds, epochs, args.max_train, res["mixed"], models=("statnn", "gmn", "ngt"),
                       tag="mixed")
