@@ -235,3 +235,16 @@ def test_depth_embeddings_tell_repeated_blocks_apart(positions):
         assert cos > 0.999
     depth = hyper_graph(model).depths()
     assert depth.shape == (hyper_graph(model).n, 2) and int(depth.min()) == 0
+
+
+def test_fixed_gain_predicts_weights_at_he_scale():
+    """learn_gain=False: every weight tensor has exactly the rms sqrt(2 / fan_in)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    ghn = GHN(gnn="gated", decoder="tiled", hid=16, layers=1, block=8, learn_gain=False)
+    with torch.no_grad():
+        p = ghn.predict(model, (torch.zeros(1, 3, 6, 6),))
+    for name, fan_in in (("0.weight", 27), ("3.weight", 128)):
+        rms = float(p[name].pow(2).mean().sqrt())
+        assert rms == pytest.approx((2 / fan_in) ** 0.5, rel=1e-4), name
+    assert not any(k.startswith("gain") for k in ghn.state_dict())

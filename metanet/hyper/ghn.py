@@ -8,7 +8,8 @@ trace (GHN-2, Knyazev et al. NeurIPS 2021; GHN-3, ICML 2023; LoGAH, Zhou et al. 
 >>> params.unpredicted                       # {name: why it keeps the model's init}
 
 Pipeline: the model's op graph (traced once per architecture) -> node features (op-kind
-embedding + embeddings of the op's parameter shape) -> graph network (``gnn``:
+embedding + embeddings of the op's parameter shape and of its depth from the inputs and
+to the outputs) -> graph network (``gnn``:
 "gated", GHN-2's gated GNN with forward/backward passes and virtual edges, or
 "transformer", GHN-3's graph transformer with degree and shortest-path encodings) ->
 one decoder call per group of equal-shaped tensors (``decoder``: "tiled" or
@@ -96,6 +97,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         rank: rank of the low-rank decoder.
         classifier_rows: rows (classes) the classifier head predicts before repeating.
         residual: MIP's additive output (model's init + learned correction).
+        learn_gain: predict each weight tensor's gain ``g`` (else ``g = 1``: GHN-2's fixed
+            fan-in scale).
         positions: add embeddings of each node's depth from the inputs and to the
             outputs (capped at 63). Without them the same op in every block of a
             transformer gets the same embedding, hence the same predicted weights.
@@ -104,7 +107,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
     def __init__(self, hid: int = 64, gnn: str = "transformer", layers: int = 3, heads: int = 4,
                  max_virtual: int = 5, max_dist: int = 8, decoder: str = "tiled", block: int = 32,
                  kernel: int = 3, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
-                 residual: bool = False, positions: bool = True):
+                 residual: bool = False, positions: bool = True, learn_gain: bool = True):
         super().__init__()
         if gnn not in ("gated", "transformer"):
             raise ValueError(f"gnn must be 'gated' (GHN-2) or 'transformer' (GHN-3), got {gnn!r}")
@@ -113,7 +116,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         self.config = dict(hid=hid, gnn=gnn, layers=layers, heads=heads, max_virtual=max_virtual,
                            max_dist=max_dist, decoder=decoder, block=block, kernel=kernel,
                            max_width=max_width, rank=rank, classifier_rows=classifier_rows,
-                           residual=residual, positions=positions)
+                           residual=residual, positions=positions, learn_gain=learn_gain)
         self.residual = residual
         self.kind_embed = nn.Embedding(len(KINDS), hid)
         self.shape_embed = nn.ModuleList(nn.Embedding(N_SHAPE_BUCKETS, hid) for _ in range(4))
@@ -125,9 +128,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             self.gnn = GraphTransformer(hid, layers=layers, heads=heads, max_dist=max_dist)
         self.norm = nn.LayerNorm(hid)
         self.slot_embed = nn.Embedding(_MAX_SLOT, hid)
-        self.gain = nn.Linear(hid, 1)
-        nn.init.zeros_(self.gain.weight)
-        nn.init.zeros_(self.gain.bias)
+        self.gain = nn.Linear(hid, 1) if learn_gain else None
+        if self.gain is not None:
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
         if decoder == "tiled":
             self.decoders = nn.ModuleDict(dict(
                 weight=TiledDecoder(hid, block, block, kernel),
@@ -209,8 +213,11 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         if transform in ("fan_in", "plain"):
             dims = tuple(range(1, raw.dim()))
             rms = raw.pow(2).mean(dims, keepdim=True).add(1e-8).sqrt()
+            scale = math.sqrt(2.0 / max(fan_in, 1))
+            if self.gain is None:
+                return raw / rms * scale
             gain = self.gain(e).exp().view(-1, *([1] * (raw.dim() - 1)))
-            return raw / rms * (gain * math.sqrt(2.0 / max(fan_in, 1)))
+            return raw / rms * (gain * scale)
         if transform == "norm_scale":
             return 2 * torch.sigmoid(raw)
         return torch.tanh(raw)
