@@ -156,3 +156,29 @@ def test_loss_cap_bounds_an_exploding_architecture(tmp_path):
                             ghn=dict(gnn="gated", decoder="tiled", hid=16, layers=1, block=8))
     # every architecture's loss exceeds the cap, so each counts as exactly the cap
     assert run(cfg).history[0]["loss"] == pytest.approx(0.5)
+
+
+def test_predict_init_command_reads_a_saved_hugging_face_model(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=16,
+                                     architectures=["GPT2LMHeadModel"])
+    config.save_pretrained(tmp_path / "saved")
+    torch.manual_seed(0)
+    GHN(hid=16, layers=1, block=8).save_pretrained(tmp_path / "ghn")
+    out = tmp_path / "init.safetensors"
+    rc = main(["predict-init", "--ghn", str(tmp_path / "ghn"), "--model", str(tmp_path / "saved"),
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    sd = load_file(out)
+    model = transformers.GPT2LMHeadModel(config)
+    expected = GHN.from_pretrained(tmp_path / "ghn").eval().predict(model, tuple(model.dummy_inputs.values()))
+    assert len(expected) > 10
+    tied = {"transformer.wte.weight": "lm_head.weight"}   # safetensors keeps one name of a tied pair
+    for k, v in expected.items():
+        torch.testing.assert_close(sd[k] if k in sd else sd[tied[k]], v.detach(), rtol=0, atol=0)
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad/config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["NoSuchModel"]}))
+    rc = main(["predict-init", "--ghn", str(tmp_path / "ghn"), "--model", str(tmp_path / "bad"),
+               "--out", str(out)])
+    assert rc == 2 and "architectures" in capsys.readouterr().err

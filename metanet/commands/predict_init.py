@@ -59,7 +59,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=("--model takes 'module.path:Name' or 'file.py:Name', where Name is a model class "
                 "or a function taking no arguments (--kwargs gives it keyword arguments) that "
-                "returns a model or (model, example_inputs)"))
+                "returns a model or (model, example_inputs); or a saved Hugging Face model: a "
+                "folder with a config.json naming its class in 'architectures' (built from the "
+                "config, its example input the model's dummy_inputs; saved weights are not read: "
+                "the GHN gives the initial ones)"))
     p.add_argument("--ghn", required=True, metavar="CKPT", help="GHN folder (save_pretrained) or Hub id")
     p.add_argument("--model", required=True, metavar="SPEC")
     p.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments for the model")
@@ -94,6 +97,35 @@ def run_train(args) -> int:
     return EXIT_OK
 
 
+def _saved_hf_factory(folder: Path):
+    """A factory for the Hugging Face model saved in ``folder``: its class from the
+    config's ``architectures``, built from the config (``--kwargs`` override config
+    fields), with the model's ``dummy_inputs`` as example input."""
+    from .convert import UsageError
+
+    try:
+        import transformers
+    except ImportError as err:
+        raise UsageError(f"--model {str(folder)!r} is a saved Hugging Face model; install "
+                         "transformers to read it") from err
+    config = transformers.AutoConfig.from_pretrained(folder)
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise UsageError(f"--model {str(folder)!r}: config.json names no model class transformers "
+                         f"knows in 'architectures' (found {names})")
+
+    def build(**kwargs):
+        for k, v in kwargs.items():
+            setattr(config, k, v)
+        model = cls(config)
+        dummy = model.dummy_inputs
+        return model, (dummy[model.main_input_name] if model.main_input_name in dummy
+                       else next(iter(dummy.values())),)
+
+    return build
+
+
 def run_predict(args) -> int:
     import torch
     from safetensors.torch import save_model
@@ -110,7 +142,8 @@ def run_predict(args) -> int:
         print(f"error: --kwargs must be a JSON object such as '{{\"width\": 64}}' ({err})", file=sys.stderr)
         return EXIT_USAGE
     try:
-        factory, _ = _load_factory(args.model)
+        factory = (_saved_hf_factory(Path(args.model)) if (Path(args.model) / "config.json").is_file()
+                   else _load_factory(args.model)[0])
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
