@@ -48,16 +48,18 @@ from torch import nn
 
 from . import torchrun
 
-__all__ = ["PredictInitConfig", "PredictInitResult", "run", "sample_archs", "build_arch",
+__all__ = ["PredictInitConfig", "PredictInitResult", "run", "sample_archs", "build_arch", "load_data",
            "predicted_accuracy", "accuracy", "calibrate_norms", "VAL_SEED0"]
 
 VAL_SEED0 = 1_000_000  # validation/test architectures: sampler seeds from here on
-DATASETS = ("digits", "mnist1d")
+DATASETS = ("digits", "mnist1d", "shapes32", "cifar10")
 
 
 @dataclass(frozen=True)
 class PredictInitConfig:
-    dataset: str = "digits"           # digits (8x8 images) | mnist1d (length-40 sequences)
+    dataset: str = "digits"           # digits (8x8 images) | mnist1d (length-40 sequences) |
+                                      # shapes32 (synthetic 32x32 images) | cifar10 (needs data_root)
+    data_root: str = ""               # folder holding a local copy of CIFAR-10
     out: str = "out/ghn"
     steps: int = 1000
     meta_batch: int = 8               # architectures per step
@@ -101,7 +103,8 @@ class PredictInitResult:
 def sample_archs(dataset: str, seeds: Sequence[int]) -> list[tuple[str, dict]]:
     """``(name, kwargs)`` of the sampler's architectures for ``seeds`` (one per seed)
     that read ``dataset``'s inputs: 8x8 images for digits; length-40 sequences for
-    mnist1d (1-D CNNs and transformers)."""
+    mnist1d (1-D CNNs and transformers); 32x32 images for shapes32 (one channel) and
+    cifar10 (three)."""
     from zoo.models import sample_architecture
 
     out = []
@@ -109,6 +112,9 @@ def sample_archs(dataset: str, seeds: Sequence[int]) -> list[tuple[str, dict]]:
         rng = np.random.default_rng(int(s))
         if dataset == "digits":
             out.append(sample_architecture(rng, in_channels=1, n_classes=10, input_size=8))
+        elif dataset in ("shapes32", "cifar10"):
+            out.append(sample_architecture(rng, in_channels=3 if dataset == "cifar10" else 1,
+                                           n_classes=10, input_size=32))
         elif dataset == "mnist1d":
             name, kw = sample_architecture(rng, in_channels=1, n_classes=10, input_size=40,
                                            families=("cnn", "tiny_transformer"))
@@ -116,6 +122,18 @@ def sample_archs(dataset: str, seeds: Sequence[int]) -> list[tuple[str, dict]]:
         else:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     return out
+
+
+def load_data(dataset: str, data_root: str = ""):
+    """The :class:`zoo.data.Splits` of ``dataset``: shapes32 is the zoo's synthetic
+    ``shapes`` dataset at 32x32 pixels; cifar10 reads a local copy under ``data_root``."""
+    from zoo.data import load_dataset
+
+    if dataset == "shapes32":
+        return load_dataset("shapes", size=32)
+    if dataset == "cifar10":
+        return load_dataset("cifar10", root=data_root or None)
+    return load_dataset(dataset)
 
 
 def build_arch(arch: tuple[str, dict], seed: int | None = None) -> nn.Module:
@@ -230,7 +248,6 @@ def run(config: PredictInitConfig) -> PredictInitResult:
     from tqdm.auto import tqdm
 
     from metanet.hyper import GHN
-    from zoo.data import load_dataset
 
     cfg = config
     rank, world = torchrun.init()         # read once; below only logging and saving depend on it
@@ -241,7 +258,7 @@ def run(config: PredictInitConfig) -> PredictInitResult:
     t0 = time.time()
 
     # data
-    data = load_dataset(cfg.dataset)
+    data = load_data(cfg.dataset, cfg.data_root)
     xs, ys = data.x_train, data.y_train
 
     # architectures: training pool built lazily (traced on first use), validation fixed

@@ -182,3 +182,21 @@ def test_predict_init_command_reads_a_saved_hugging_face_model(tmp_path, capsys)
     rc = main(["predict-init", "--ghn", str(tmp_path / "ghn"), "--model", str(tmp_path / "bad"),
                "--out", str(out)])
     assert rc == 2 and "architectures" in capsys.readouterr().err
+
+
+def test_shapes32_setting_samples_32x32_architectures(tmp_path):
+    from tasks.predict_init import build_arch, load_data
+
+    data = load_data("shapes32")
+    assert data.input_shape == (1, 32, 32) and data.n_classes == 10
+    for arch in sample_archs("shapes32", range(4)):
+        assert arch[1]["input_size"] == 32
+        assert build_arch(arch, seed=0)(data.x_train[:2]).shape == (2, 10)
+    with pytest.raises(Exception, match="cifar10"):
+        load_data("cifar10", str(tmp_path / "none"))
+
+
+@pytest.mark.slow
+def test_shapes32_meta_training_runs(tmp_path):
+    res = run(PredictInitConfig(dataset="shapes32", out=str(tmp_path / "s32"), **TINY))
+    assert [h["step"] for h in res.history] == [1, 2, 3, 4] and 0.0 <= res.best_val_acc <= 1.0

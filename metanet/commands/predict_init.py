@@ -22,7 +22,10 @@ def register_train(kinds) -> None:
                      "random sampler: each step predicts the parameters of a meta-batch of "
                      "architectures and follows the task loss of the predicted networks. "
                      "Checkpoints (safetensors) go to OUT/last (resumable) and OUT/best."))
-    p.add_argument("--dataset", default="digits", choices=["digits", "mnist1d"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "mnist1d", "shapes32", "cifar10"],
+                   help="digits (8x8), mnist1d (length 40), shapes32 (synthetic 32x32 images) or "
+                        "cifar10 (a local copy under --data-root)")
+    p.add_argument("--data-root", default="", metavar="DIR", help="folder holding CIFAR-10")
     p.add_argument("--out", default="out/ghn", metavar="DIR")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--meta-batch", type=int, default=8, help="architectures per step (default 8)")
@@ -81,7 +84,7 @@ def run_train(args) -> int:
     else:
         ghn = dict(block=args.block)
     cfg = PredictInitConfig(
-        dataset=args.dataset, out=args.out, steps=args.steps, meta_batch=args.meta_batch,
+        dataset=args.dataset, data_root=args.data_root, out=args.out, steps=args.steps, meta_batch=args.meta_batch,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, n_archs=args.n_archs, val_archs=args.val_archs,
         eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
         resume=not args.no_resume, progress=not args.quiet,
