@@ -34,6 +34,44 @@ from metanet.space import WeightSpace  # noqa: E402
 OUT = ROOT / "benchmarks" / "prune_groups.md"
 
 
+def hf_llama_gqa():
+    """A Llama built from a small config with grouped-query attention: 4 query heads share
+    2 key/value heads (the same model as tests/test_prune_hf.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                      tie_word_embeddings=False, attn_implementation="eager")
+    return LlamaForCausalLM(cfg).eval(), (torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(1)),)
+
+
+ALL = {**ARCHS, "hf_llama_gqa": hf_llama_gqa}
+TP_SECONDS = 120   # Torch-Pruning's grouping of the GQA Llama does not finish: it is stopped after this
+
+
+class _time_limit:
+    """Raise TimeoutError in the block after ``seconds`` (SIGALRM; main thread, Unix)."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def _fire(self, signum, frame):
+        raise TimeoutError(f"did not finish in {self.seconds} s")
+
+    def __enter__(self):
+        import signal
+
+        self.old = signal.signal(signal.SIGALRM, self._fire)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
 def _side(ws: WeightSpace, module: nn.Module, axis: int, name: str) -> str:
     """"out" or "in" for an axis of a module's tensor: by the module's own layout for the
     layer types whose weight layout is known (a tied weight is "out" in its embedding and
@@ -173,11 +211,12 @@ def _explain(model, pairs: frozenset, side: str, other: list[frozenset], mine: l
 
 
 def compare(name: str) -> dict:
-    model, inputs = ARCHS[name]()
+    model, inputs = ALL[name]()
     ws = WeightSpace.of(model, inputs)
     mine = ws_groups(model, ws)
     try:
-        theirs = tp_groups(model, inputs)
+        with _time_limit(TP_SECONDS):
+            theirs = tp_groups(model, inputs)
         error = None
     except Exception as err:   # Torch-Pruning fails on some models: that is a result too
         theirs, error = {}, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
@@ -256,7 +295,16 @@ def report(rows: list[dict]) -> str:
               "two dim groups is cut. metanet runs the pruned copy and refuses with the error, leaving "
               "the model unchanged; Torch-Pruning's pruned model fails when it is run.",
               "- **no Torch-Pruning group**: recurrent hidden units (GRU, LSTM) are not coupled by its "
-              "dependency graph; its graph of Hugging Face GPT-2 (Conv1D layers) cannot be built.",
+              "dependency graph; its graph of Hugging Face GPT-2 (Conv1D layers) cannot be built, and its "
+              f"grouping of the Llama with grouped-query attention did not finish in {TP_SECONDS} s.",
+              "- **grouped-query attention** (hf_llama_gqa: 4 query heads share 2 key/value heads): "
+              "WeightSpace gives per layer a group of key/value heads (a key/value head goes with all its "
+              "query heads: rows of k_proj, v_proj and q_proj, columns of o_proj) and a group of query "
+              "heads within every key/value group (the same ones in each: rows of q_proj, columns of "
+              "o_proj). Both prune and run (metanet updates `num_key_value_groups` and the config's "
+              "`num_attention_heads` / `num_key_value_heads`); query/key dims form no group (rotary "
+              "embeddings rotate pairs of them), and the value-dim group is refused because Llama uses "
+              "one `head_dim` for queries, keys and values.",
               "", "## Differences", ""]
     for r in rows:
         bad = [v for v in list(r["ws_runs"].values()) + list(r["tp_runs"].values()) if v != "runs"]
@@ -285,7 +333,7 @@ def report(rows: list[dict]) -> str:
 
 def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
-    names = argv or list(ARCHS)
+    names = argv or list(ALL)
     rows = []
     for name in names:
         r = compare(name)

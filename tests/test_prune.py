@@ -324,6 +324,8 @@ def test_prune_command(tmp_path, capsys):
     model, inputs = EXAMPLES["cnn"]()
     pruned = load(model, inputs, out)
     assert count_flops(model, inputs) >= 2 * count_flops(pruned, inputs)
+    assert main(["prune", "--model", "cnn", "--speedup", "2", "--allocation", "global", "--no-latency"]) == 0
+    assert "of all neurons (global) removed" in capsys.readouterr().out
     assert main(["prune", "--model", "cnn", "--ratio", "1.5"]) == 2
     assert "--ratio must be in (0, 1)" in capsys.readouterr().err
 

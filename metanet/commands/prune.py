@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     target.add_argument("--ratio", type=float, metavar="R", help="fraction of every group's neurons removed")
     p.add_argument("--criterion", default="magnitude", choices=["magnitude", "l1", "l2", "random"],
                    help="neuron score: magnitude (= l2 norm over every tensor of the group; default), l1, random")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
+                   help="uniform: the same fraction of every group (default); global: the lowest scores over "
+                        "all groups together (for scores comparable across layers, e.g. after --metanet)")
     p.add_argument("--metanet", metavar="CKPT",
                    help="meta pruning: first edit the model with this metanetwork (a tasks.meta_prune "
                         "checkpoint, metapruner_seed*.safetensors), then prune its output by --criterion; "
@@ -159,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         res = prune(model, inputs, args.criterion, speedup=args.speedup, ratio=args.ratio,
                     generator=torch.Generator().manual_seed(args.seed), latency=not args.no_latency,
-                    progress=say)
+                    allocation=args.allocation, progress=say)
     except (TraceError, TypeError) as err:
         raise UsageError(f"--model {args.model!r}: {err}") from err
     except PruneError as err:
@@ -167,7 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAIL
 
     if res.ratio is not None:
-        print(f"ratio: {res.ratio:.3f} of each group's neurons removed")
+        print(f"ratio: {res.ratio:.3f} of " + ("each group's neurons" if args.allocation == "uniform"
+                                                else "all neurons (global)") + " removed")
     print("groups (neurons before -> after):")
     from ..space import WeightSpace
     ws = WeightSpace.of(model, inputs)
