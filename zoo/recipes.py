@@ -300,8 +300,8 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     "shapes_siren",
     "INR zoo on synthetic 16x16 shape images (10 classes): one SIREN per image, "
-    "`views` fits per image.",
+    "`views` fits per image; `init` as digits_siren's.",
     _inr("shapes"), prepare=_inr_prepare("shapes"),
-    defaults={"steps": [0, 100, 300], "views": 2, "hidden": 32, "n_layers": 3, "lr": 1e-3,
-              "n_images": 1000, "image_size": 16},
+    defaults={"steps": [0, 100, 500], "views": 2, "hidden": 32, "n_layers": 3, "lr": 1e-3,
+              "n_images": 1000, "image_size": 16, "init": "dwsnets"},
 ))
