@@ -475,7 +475,10 @@ def write_markdown(res: dict, path: Path) -> None:
         inr_names = {**names, "nfn": "NFN-NP (ours)", "nfn_public": "NFN-NP (public nfn)"}
         for r in res["inr"]:
             L.append(f"| {inr_names.get(r['model'], r['model'])} | {fmt(r['acc'])} |")
-        L += ["", f"Batches of {INR_BATCH}; chance is 0.10. The split is by image (one INR per image).", ""]
+        L += ["", f"Batches of {INR_BATCH}; chance is 0.10; the split is by image (one INR per image). The zoo: "
+              "`metanet zoo build --recipe digits_siren --n 1797 --options '{\"views\": 1}'` (every digits image "
+              "resampled to 16x16, DWSNets' SIREN init; with the paper's SIREN init every model here stays at "
+              "chance: see zoo/recipes.py).", ""]
     if res.get("throughput"):
         L += ["## Training throughput and memory (digits CNN, batches of 64, hidden 32, 3 layers)", "",
               setting("throughput"), "",
