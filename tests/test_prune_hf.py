@@ -167,7 +167,8 @@ def test_pruned_hf_model_saves_with_a_config_that_reloads(name, tmp_path):
 
 def test_config_that_cannot_describe_the_pruned_model_warns():
     model, inputs = ARCHS["hf_gpt2"]()
-    with pytest.warns(ConfigWarning, match="c_attn"):     # GPT-2's head size is n_embd / n_head: head dims cannot shrink
+    # GPT-2's head size is n_embd / n_head: its head dims cannot shrink in the config
+    with pytest.warns(ConfigWarning, match="c_attn"):
         res = prune(model, inputs, "magnitude", ratio=0.5, latency=False)
     with torch.no_grad():
         assert _first(res.model(*inputs)).shape == _first(model(*inputs)).shape   # it still runs
