@@ -504,7 +504,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="convert,accuracy,mixed,unseen,inr,throughput")
     ap.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints per task")
     ap.add_argument("--models", default=None,
-                    help="accuracy part: only these models (comma-separated); the JSON keeps the other rows")
+                    help="accuracy and inr parts: only these models (comma-separated); the JSON keeps the other rows")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
@@ -532,9 +532,9 @@ def main(argv=None) -> int:
         res = {**keep, **res}
     for part in parts:   # a run of some accuracy models (--models) adds its command to the part's
         st = {"command": res["command"], "seeds": seeds, "epochs": epochs, "max_train": args.max_train,
-              "machine_load": os.getloadavg()[0], "models": args.models if part == "accuracy" else None}
+              "machine_load": os.getloadavg()[0], "models": args.models if part in ("accuracy", "inr") else None}
         runs = res.setdefault("part_runs", {})
-        runs[part] = (runs.get(part, []) if part == "accuracy" and args.models else []) + [st]
+        runs[part] = (runs.get(part, []) if part in ("accuracy", "inr") and args.models else []) + [st]
 
     def save():   # after every part: a long run killed midway keeps what it measured
         res["seconds"] = time.perf_counter() - t0
@@ -580,8 +580,9 @@ def main(argv=None) -> int:
     if "inr" in parts:
         siren = ensure_zoo("digits_siren", 100 if args.quick else 1797, args.quick, {"views": 1})
         res["inr_zoo"] = str(siren.relative_to(ROOT))
-        res["inr"] = []
-        inr_part(siren, seeds, epochs, args.max_train, res["inr"])
+        models = args.models.split(",") if args.models else None
+        res["inr"] = [r for r in res.get("inr", []) if models and r["model"] not in models]
+        inr_part(siren, seeds, epochs, args.max_train, res["inr"], **({"models": models} if models else {}))
         save()
     if "throughput" in parts:
         res["throughput"] = throughput_part(cnn, args.throughput_steps or (5 if args.quick else 30))
