@@ -426,6 +426,12 @@ def write_report(results: dict) -> None:
                           "its inputs only up to the order of float sums: where its row differs from no augmentation, "
                           "that rounding, grown over training, is all it measures (a yardstick for the seed-to-seed "
                           "spread of one run)."]
+            if r.get("gmn", {}).get("canonical") in ("sign", "both") and "sign_flip" in augs:
+                lines += ["", "This GMN reads canonical forms under the sign-flip groups, so it is invariant to the "
+                          "sign-flip augmentation (its row repeats no augmentation's). The SIREN bias shift adds "
+                          "multiples of π/ω₀ (about 0.1 at ω₀ = 30) to biases that start at zero in this zoo "
+                          "(DWSNets' init) and move little: the function is kept, but the shifted networks lie far "
+                          "from every network the model is tested on."]
             if gap <= 0:
                 lines += ["", f"No gap to recover: without augmentation GMN scores {base10:.4f} at 10% and "
                           f"{base100:.4f} at 100% of the training networks."]
