@@ -9,13 +9,14 @@ parametrization, and the time and memory to predict large models.
 Every comparison is measured in the same run against its baseline and reported as a
 ratio. Sections:
 
-1. predict-init (digits 8x8, MNIST-1D): per seed, a GHN with each decoder is
-   meta-trained on the sampler's architectures (seeds 0..n_archs-1), then evaluated on
-   test architectures from sampler seeds >= 2,000,000, any whose kwargs equal a training
-   architecture's removed. For each test architecture: accuracy with predicted
-   parameters and no training, with Kaiming-normal init, and after `epochs` epochs of
-   Adam from Kaiming ("trained"); then fine-tuning from the predicted parameters with
-   the same schedule: accuracy after one epoch, and steps to reach 95% of the trained
+1. predict-init (digits 8x8, MNIST-1D): the baseline first, once per test architecture
+   (sampler seeds >= 2,000,000, any equal to a training architecture skipped):
+   Kaiming-normal init, then Adam until the curve flattens ("trained"; epochs per
+   dataset in the config). Then per seed a GHN with each decoder is meta-trained on the
+   sampler's architectures (seeds 0..n_archs-1) and, on every test architecture,
+   gives the accuracy of its predicted parameters with no training; on the first
+   `n_finetune` ones, fine-tuning from them with the baseline's optimizer and
+   minibatches: accuracy after one epoch, and steps to reach 95% of the trained
    accuracy. BatchNorm statistics are recomputed on 512 training images before every
    evaluation (the same for every init).
 2. decoder size: parameters of the tiled decoder (block = width, i.e. no copies) and of
@@ -52,9 +53,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-FULL = dict(seeds=3, ghn_steps=60, meta_batch=4, n_archs=16, n_test=8, epochs=2,
+FULL = dict(seeds=3, ghn_steps=200, meta_batch=4, ghn_lr=3e-4, n_archs=100, n_test=50, n_finetune=8,
+            train_epochs={"digits": 15, "mnist1d": 15},
             mip_steps=300, widths=[64, 128, 256, 512, 1024, 2048, 4096])
-QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, n_archs=4, n_test=3, epochs=1,
+QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, ghn_lr=3e-4, n_archs=4, n_test=3, n_finetune=2,
+             train_epochs={"digits": 2, "mnist1d": 1},
              mip_steps=20, widths=[64, 4096])
 GHN_KW = dict(gnn="transformer", hid=64, layers=2)
 DECODERS = {"tiled": dict(decoder="tiled", block=32), "lowrank": dict(decoder="lowrank", max_width=64, rank=16)}
@@ -66,9 +69,11 @@ def log(*a):
 
 
 # ------------------------------------------------------------------------ 1. predict-init
-def train_curve(model, data, epochs, seed, eval_every):
-    """Adam (lr 1e-3, batch 64) from the model's current parameters; test accuracy at
-    step 0 and every ``eval_every`` steps: [(step, acc)]."""
+def train_curve(model, data, steps, seed, eval_every, stop_at=None, min_steps=0):
+    """Adam (lr 1e-3, batch 64, reshuffled every epoch) from the model's current
+    parameters for ``steps`` steps; test accuracy at step 0, every ``eval_every`` steps
+    and at the end: [(step, acc)]. With ``stop_at``, stops at the first evaluation
+    after ``min_steps`` whose accuracy reaches ``stop_at``."""
     from tasks.predict_init import accuracy
 
     g = torch.Generator().manual_seed(seed)
@@ -76,21 +81,21 @@ def train_curve(model, data, epochs, seed, eval_every):
     calib = x[:512]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     curve = [(0, accuracy(model, None, data.x_test, data.y_test, calib))]
-    step = 0
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), 64):
-            b = perm[i:i + 64]
-            model.train()
-            loss = F.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step % eval_every == 0:
-                curve.append((step, accuracy(model, None, data.x_test, data.y_test, calib)))
-    if curve[-1][0] != step:
-        curve.append((step, accuracy(model, None, data.x_test, data.y_test, calib)))
+    step, perm = 0, torch.zeros(0, dtype=torch.long)
+    while step < steps:
+        if len(perm) == 0:
+            perm = torch.randperm(len(y), generator=g)
+        b, perm = perm[:64], perm[64:]
+        model.train()
+        loss = F.cross_entropy(model(x[b]), y[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % eval_every == 0 or step == steps:
+            curve.append((step, accuracy(model, None, data.x_test, data.y_test, calib)))
+            if stop_at is not None and step >= min_steps and curve[-1][1] >= stop_at:
+                break
     return curve
 
 
@@ -105,28 +110,64 @@ def steps_to(curve, target):
     return None
 
 
-def predict_init_section(dataset, seed, cfg, workdir):
-    import zoo
-    from metanet.hyper import GHN
-    from tasks.predict_init import PredictInitConfig, build_arch, run, sample_archs
-    from zoo.data import load_dataset
+def test_archs(dataset, n_archs, n_test):
+    """``n_test`` architectures from sampler seeds >= TEST_SEED0 whose kwargs equal no
+    training architecture's."""
+    from tasks.predict_init import sample_archs
     from zoo.models import arch_key
 
-    data = load_dataset(dataset)
-    train_keys = {arch_key(n, k) for n, k in sample_archs(dataset, range(cfg["n_archs"]))}
-    test = []
-    s = TEST_SEED0
-    while len(test) < cfg["n_test"]:
+    train_keys = {arch_key(n, k) for n, k in sample_archs(dataset, range(n_archs))}
+    test, s = [], TEST_SEED0
+    while len(test) < n_test:
         a = sample_archs(dataset, [s])[0]
         if arch_key(*a) not in train_keys:
             test.append(a)
         s += 1
+    return test
+
+
+def trained_section(dataset, cfg):
+    """The baseline, once per test architecture: Kaiming-normal init (init seed = the
+    architecture's index), then ``train_epochs`` epochs of Adam; the curve gives the
+    accuracy with no training (step 0), after one epoch, the trained (final) accuracy
+    and the steps to 95% of it."""
+    import zoo
+    from tasks.predict_init import build_arch
+    from zoo.data import load_dataset
+
+    data = load_dataset(dataset)
+    per_epoch = math.ceil(len(data.y_train) / 64)
+    eval_every = max(1, per_epoch // 4)
+    rows = []
+    t0 = time.time()
+    for j, arch in enumerate(test_archs(dataset, cfg["n_archs"], cfg["n_test"])):
+        model = build_arch(arch, seed=j)
+        zoo.train.init_weights(model, "kaiming_normal")
+        curve = train_curve(model, data, cfg["train_epochs"][dataset] * per_epoch, j, eval_every)
+        rows.append({"arch": arch[0], "kwargs": arch[1], "kaiming": curve,
+                     "params": sum(p.numel() for p in model.parameters())})
+    return {"dataset": dataset, "n_test": len(rows), "epochs": cfg["train_epochs"][dataset],
+            "steps_per_epoch": per_epoch, "eval_every": eval_every, "seconds": round(time.time() - t0, 1),
+            "trained_acc": float(np.mean([r["kaiming"][-1][1] for r in rows])), "rows": rows}
+
+
+def predict_init_section(dataset, seed, cfg, workdir, base):
+    """Per seed: a GHN with each decoder meta-trained on the training architectures,
+    then, on every test architecture of ``base`` (:func:`trained_section`), accuracy of
+    the predicted parameters and fine-tuning from them with the baseline's optimizer,
+    until one epoch has passed and 95% of the trained accuracy is reached (at most the
+    baseline's steps)."""
+    from metanet.hyper import GHN
+    from tasks.predict_init import PredictInitConfig, build_arch, run
+    from zoo.data import load_dataset
+
+    data = load_dataset(dataset)
     ghns, meta = {}, {}
     for dec, kw in DECODERS.items():
         t0 = time.time()
         res = run(PredictInitConfig(
             dataset=dataset, out=str(workdir / f"{dataset}_{dec}_{seed}"), steps=cfg["ghn_steps"],
-            meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], val_archs=2, lr=2e-3,
+            meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], val_archs=2, lr=cfg["ghn_lr"],
             eval_every=cfg["ghn_steps"], ckpt_every=cfg["ghn_steps"], seed=seed, resume=False,
             progress=False, ghn=dict(GHN_KW, **kw)))
         ghns[dec] = GHN.from_pretrained(res.last_dir).eval()
@@ -134,44 +175,50 @@ def predict_init_section(dataset, seed, cfg, workdir):
                          ghn_params=sum(p.numel() for p in ghns[dec].parameters()),
                          final_loss=float(np.mean([h["loss"] for h in res.history[-20:]])))
         log(f"  {dataset} seed {seed} {dec}: meta-trained {cfg['ghn_steps']} steps in "
-            f"{meta[dec]['meta_train_seconds']} s")
-    per_epoch = math.ceil(len(data.y_train) / 64)
-    eval_every = max(1, per_epoch // 4)
+            f"{meta[dec]['meta_train_seconds']} s, last-20 loss {meta[dec]['final_loss']:.3f}")
+    from tasks.predict_init import accuracy
+
+    per_epoch, eval_every = base["steps_per_epoch"], base["eval_every"]
+    calib = data.x_train[:512]
     rows = []
-    for j, arch in enumerate(test):
-        row = {"arch": arch[0], "kwargs": arch[1]}
-        init_seed = seed * 100_000 + j
-        model = build_arch(arch, seed=init_seed)
-        zoo.train.init_weights(model, "kaiming_normal")
-        own = {k: v.clone() for k, v in model.state_dict().items()}
-        row["kaiming"] = train_curve(model, data, cfg["epochs"], init_seed, eval_every)
+    for j, b in enumerate(base["rows"]):
+        arch = (b["arch"], b["kwargs"])
+        trained = b["kaiming"][-1][1]
+        row = {"arch": arch[0], "trained": trained, "finetuned": j < cfg["n_finetune"]}
         for dec, ghn in ghns.items():
-            model.load_state_dict(own)
+            model = build_arch(arch, seed=j)
             with torch.no_grad():
                 pred = ghn.load(model)
             row[f"{dec}_unpredicted"] = len(pred.unpredicted)
-            row[dec] = train_curve(model, data, cfg["epochs"], init_seed, eval_every)
+            if row["finetuned"]:   # same minibatches as the baseline (seed j)
+                row[dec] = train_curve(model, data, b["kaiming"][-1][0], j, eval_every,
+                                       stop_at=0.95 * trained, min_steps=per_epoch)
+            else:
+                row[dec] = [(0, accuracy(model, None, data.x_test, data.y_test, calib))]
         rows.append(row)
-    trained = np.array([r["kaiming"][-1][1] for r in rows])
-    out = {"dataset": dataset, "seed": seed, "n_test": len(rows), "epochs": cfg["epochs"],
+    trained = np.array([r["trained"] for r in rows])
+    ft = [j for j, r in enumerate(rows) if r["finetuned"]]
+    brows = base["rows"]
+    out = {"dataset": dataset, "seed": seed, "n_test": len(rows), "n_finetune": len(ft),
            "steps_per_epoch": per_epoch, "trained_acc": float(trained.mean()),
-           "kaiming_acc0": float(np.mean([r["kaiming"][0][1] for r in rows])),
-           "kaiming_acc_1ep": float(np.mean([at_step(r["kaiming"], per_epoch) for r in rows])),
+           "kaiming_acc0": float(np.mean([b["kaiming"][0][1] for b in brows])),
+           "trained_acc_ft": float(trained[ft].mean()),
+           "kaiming_acc_1ep": float(np.mean([at_step(brows[j]["kaiming"], per_epoch) for j in ft])),
            "ghn": meta, "rows": rows}
-    k_steps = [steps_to(r["kaiming"], 0.95 * r["kaiming"][-1][1]) for r in rows]
+    k_steps = [steps_to(brows[j]["kaiming"], 0.95 * rows[j]["trained"]) for j in ft]
     out["kaiming_steps95"] = float(np.mean([s for s in k_steps if s is not None]))
+    out["kaiming_reached95"] = sum(k is not None for k in k_steps)
     for dec in ghns:
         acc0 = np.array([r[dec][0][1] for r in rows])
         out[f"{dec}_acc0"] = float(acc0.mean())
-        out[f"{dec}_ratio_to_trained"] = float(np.mean(acc0 / np.maximum(trained, 1e-9)))
-        out[f"{dec}_acc_1ep"] = float(np.mean([at_step(r[dec], per_epoch) for r in rows]))
-        d_steps = [steps_to(r[dec], 0.95 * r["kaiming"][-1][1]) for r in rows]
+        out[f"{dec}_ratio_to_trained"] = float(acc0.mean() / max(trained.mean(), 1e-9))
+        out[f"{dec}_acc_1ep"] = float(np.mean([at_step(rows[j][dec], per_epoch) for j in ft]))
+        d_steps = [steps_to(rows[j][dec], 0.95 * rows[j]["trained"]) for j in ft]
         reached = [(d, k) for d, k in zip(d_steps, k_steps) if d is not None and k is not None]
         out[f"{dec}_steps95"] = float(np.mean([d for d, _ in reached])) if reached else None
         out[f"{dec}_steps95_ratio"] = (float(np.mean([d for d, _ in reached]) / max(np.mean([k for _, k in reached]), 1e-9))
                                        if reached else None)
         out[f"{dec}_reached95"] = sum(d is not None for d in d_steps)
-    out["kaiming_reached95"] = sum(k is not None for k in k_steps)
     return out
 
 
@@ -357,41 +404,95 @@ def mean_sd(v):
 
 
 def write_md(res, path, cmd):
+    c = res["config"]
+    load = res.get("load", [])
     L = ["# Hypernetworks: GHN-predicted initial parameters, decoders, MIP, scale", "",
-         f"Command: `{cmd}` ({res['seconds']:.0f} s on {res['machine']}; torch {res['torch']}). "
+         f"Command: `{cmd}` ({res['seconds']:.0f} s on {res['machine']}; torch {res['torch']}"
+         + (f"; load average {min(load):.1f} to {max(load):.1f} over the run, from other jobs sharing "
+            "the CPUs" if load else "") + "). "
          "Mean ± standard deviation over seeds; every ratio is against a baseline measured in "
-         "the same run.", "",
-         f"Setup: per seed and dataset, a GHN ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, "
-         f"{GHN_KW['layers']} layers) with each decoder meta-trained for {res['config']['ghn_steps']} steps "
-         f"(meta-batch {res['config']['meta_batch']}, {res['config']['n_archs']} training architectures); "
-         f"{res['config']['n_test']} unseen test architectures; 'trained' = "
-         f"{res['config']['epochs']} epochs of Adam (lr 1e-3, batch 64) from Kaiming-normal init.", ""]
+         "the same run." + (f" Sections {', '.join(res['kept'])} are kept from the JSON of an earlier run "
+                           "(not rerun with this code)." if res.get("kept") else ""), ""]
+    if res["predict_init"]:
+        L += [f"Setup: per seed and dataset, a GHN ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, "
+              f"{GHN_KW['layers']} layers) with each decoder is meta-trained for {c['ghn_steps']} steps "
+              f"(AdamW, peak lr {c['ghn_lr']}, 50 warm-up steps then cosine; meta-batch {c['meta_batch']} "
+              f"architectures, one minibatch of 64 per step; {c['n_archs']} training architectures, "
+              f"sampler seeds 0..{c['n_archs'] - 1}). Test: {c['n_test']} unseen architectures per dataset "
+              f"(sampler seeds from {TEST_SEED0:,}, any equal to a training architecture skipped), the "
+              "same for every seed. 'Trained' (the baseline, once per architecture): Kaiming-normal init, "
+              "then Adam (lr 1e-3, batch 64) for "
+              + ", ".join(f"{e} epochs on {d}" for d, e in c["train_epochs"].items())
+              + "; the trained accuracy is the accuracy at the end. Fine-tuning from the predicted "
+              f"parameters (the first {c['n_finetune']} test architectures; same optimizer and minibatches as "
+              "the baseline) runs until one epoch has passed and 95% of the trained accuracy is reached, at "
+              "most the baseline's steps. BatchNorm statistics are recomputed on 512 training images before "
+              "every evaluation, for every init alike. The Kaiming rows come from the baseline's one run per "
+              "architecture, shared by all seeds (their ± is 0 by construction); the seeds vary the GHN's "
+              "initialisation and meta-training.", ""]
     for ds in res["datasets"]:
         runs = [r for r in res["predict_init"] if r["dataset"] == ds]
+        base = [t for t in res.get("trained", []) if t["dataset"] == ds]
         if not runs:
             continue
-        L += [f"## {ds}: predicted parameters on unseen architectures", "",
-              "| init | accuracy, no training | ratio to trained (mean accuracy / mean trained) | accuracy after 1 epoch | "
-              "steps to 95% of trained (mean over those reaching it) | reached | ratio of steps to Kaiming's |",
-              "|---|---|---|---|---|---|---|"]
+        L += [f"## {ds}: predicted parameters on unseen architectures", ""]
+        if len(runs) < c["seeds"]:
+            L += [f"**{len(runs)} of {c['seeds']} seeds finished** (the run was stopped before the rest).", ""]
+        if base:
+            t = base[0]
+            curves = [r["kaiming"] for r in t["rows"]]
+            two_thirds = t["epochs"] * t["steps_per_epoch"] * 2 // 3
+            L += [f"Trained baseline: {t['trained_acc']:.3f} mean accuracy over {t['n_test']} architectures "
+                  f"after {t['epochs']} epochs (at two thirds of the epochs: "
+                  f"{np.mean([at_step(cv, two_thirds) for cv in curves]):.3f}); "
+                  f"{t['seconds']:.0f} s for all of them.", ""]
+        L += ["| init | accuracy, no training (all test archs) | ratio to trained (mean accuracy / mean trained) |",
+              "|---|---|---|"]
         L.append(f"| Kaiming normal | {mean_sd([r['kaiming_acc0'] for r in runs])} | "
-                 f"{mean_sd([r['kaiming_acc0'] / r['trained_acc'] for r in runs])} | "
-                 f"{mean_sd([r['kaiming_acc_1ep'] for r in runs])} | {mean_sd([r['kaiming_steps95'] for r in runs])} | "
-                 f"{sum(r['kaiming_reached95'] for r in runs)}/{sum(r['n_test'] for r in runs)} | 1 |")
+                 f"{mean_sd([r['kaiming_acc0'] / r['trained_acc'] for r in runs])} |")
         for dec in DECODERS:
             L.append(f"| GHN, {dec} decoder | {mean_sd([r[f'{dec}_acc0'] for r in runs])} | "
-                     f"{mean_sd([r[f'{dec}_acc0'] / r['trained_acc'] for r in runs])} | "
-                     f"{mean_sd([r[f'{dec}_acc_1ep'] for r in runs])} | {mean_sd([r[f'{dec}_steps95'] for r in runs])} | "
-                     f"{sum(r[f'{dec}_reached95'] for r in runs)}/{sum(r['n_test'] for r in runs)} | "
+                     f"{mean_sd([r[f'{dec}_acc0'] / r['trained_acc'] for r in runs])} |")
+        L += ["", f"Fine-tuning ({runs[0]['n_finetune']} architectures per seed; their trained accuracy "
+              f"{mean_sd([r['trained_acc_ft'] for r in runs])}; one epoch = {runs[0]['steps_per_epoch']} steps):", "",
+              "| init | accuracy after 1 epoch | steps to 95% of trained (mean over those reaching it) | reached | "
+              "ratio of steps to Kaiming's (same architectures) |", "|---|---|---|---|---|"]
+        L.append(f"| Kaiming normal | {mean_sd([r['kaiming_acc_1ep'] for r in runs])} | "
+                 f"{mean_sd([r['kaiming_steps95'] for r in runs])} | "
+                 f"{sum(r['kaiming_reached95'] for r in runs)}/{sum(r['n_finetune'] for r in runs)} | 1 |")
+        for dec in DECODERS:
+            L.append(f"| GHN, {dec} decoder | {mean_sd([r[f'{dec}_acc_1ep'] for r in runs])} | "
+                     f"{mean_sd([r[f'{dec}_steps95'] for r in runs])} | "
+                     f"{sum(r[f'{dec}_reached95'] for r in runs)}/{sum(r['n_finetune'] for r in runs)} | "
                      f"{mean_sd([r[f'{dec}_steps95_ratio'] for r in runs])} |")
-        L += ["", f"Trained accuracy (the baseline): {mean_sd([r['trained_acc'] for r in runs])}. "
-              "Steps to 95% are averaged over the architectures whose run reached it (column "
-              "'reached'); the last column compares those runs' steps with Kaiming's on the same architectures. "
-              f"One epoch = {runs[0]['steps_per_epoch']} steps. GHN parameters: "
+        L += ["", "Steps to 95% are averaged over the architectures whose run reached it (column "
+              "'reached'; a fine-tuning run stops at the baseline's steps); the last column compares those "
+              "runs' steps with Kaiming's on the same architectures. GHN parameters: "
               + ", ".join(f"{d} {runs[0]['ghn'][d]['ghn_params']:,}" for d in DECODERS)
               + "; meta-training time per GHN: "
               + ", ".join(f"{d} {np.mean([r['ghn'][d]['meta_train_seconds'] for r in runs]):.0f} s" for d in DECODERS)
+              + "; meta-training loss (mean of the last 20 steps): "
+              + ", ".join(f"{d} {mean_sd([r['ghn'][d]['final_loss'] for r in runs])}" for d in DECODERS)
               + ".", ""]
+    if res["predict_init"]:
+        L += ["## Against the issue's targets", "",
+              "Means over seeds of the figures above. Targets: accuracy with no training >= 0.8 x trained; "
+              "after one epoch >= Kaiming + 0.10; steps to 95% <= 0.5 x Kaiming's.", "",
+              "| dataset | decoder | no training / trained | met | 1 epoch minus Kaiming | met | steps ratio | met |",
+              "|---|---|---|---|---|---|---|---|"]
+        for ds in res["datasets"]:
+            runs = [r for r in res["predict_init"] if r["dataset"] == ds]
+            if not runs:
+                continue
+            for dec in DECODERS:
+                ratio = np.mean([r[f"{dec}_acc0"] / r["trained_acc"] for r in runs])
+                gain = np.mean([r[f"{dec}_acc_1ep"] - r["kaiming_acc_1ep"] for r in runs])
+                sr = [r[f"{dec}_steps95_ratio"] for r in runs if r[f"{dec}_steps95_ratio"] is not None]
+                srm = float(np.mean(sr)) if sr else None
+                L.append(f"| {ds} | {dec} | {ratio:.3f} | {'yes' if ratio >= 0.8 else 'no'} | {gain:+.3f} | "
+                         f"{'yes' if gain >= 0.10 else 'no'} | {'n/a' if srm is None else f'{srm:.3f}'} | "
+                         f"{'yes' if srm is not None and srm <= 0.5 else 'no'} |")
+        L.append("")
     L += ["## Decoder size as the widest predicted layer grows", "",
           "Tiled: block = width (predicts a layer of that width without copies); low-rank: "
           "max_width = width, rank 16. Both with kernel 3 and hid 64.", "",
@@ -440,13 +541,14 @@ def main(argv=None):
     suffix = "_quick" if args.quick else ""
     t0 = time.time()
     res = {"config": cfg, "datasets": args.datasets, "torch": torch.__version__,
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "predict_init": [],
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "predict_init": [], "trained": [],
            "decoder_size": [], "mip": [], "scale": []}
     out_json = ROOT / "benchmarks" / "results" / f"hyper{suffix}.json"
     out_md = ROOT / "benchmarks" / f"hyper{suffix}.md"
     if args.keep and out_json.exists():
         old = json.loads(out_json.read_text())
-        for name, key in (("size", "decoder_size"), ("mip", "mip"), ("scale", "scale"), ("predict", "predict_init")):
+        for name, key in (("size", "decoder_size"), ("mip", "mip"), ("scale", "scale"), ("predict", "predict_init"),
+                          ("predict", "trained")):
             if name in args.skip:
                 res[key] = old.get(key, [])
 
@@ -461,6 +563,7 @@ def main(argv=None):
 
     def save():
         res["seconds"] = time.time() - t0
+        res.setdefault("load", []).append(round(os.getloadavg()[0], 2))
         out_json.write_text(json.dumps(res, indent=1))
         write_md(res, out_md, cmd)
 
@@ -476,10 +579,17 @@ def main(argv=None):
         res["scale"] = scale_section(args.quick)
         save()
     if "predict" not in args.skip:
+        bases = {}
+        for ds in args.datasets:          # the baselines first: every seed below reuses them
+            bases[ds] = trained_section(ds, cfg)
+            res["trained"].append(bases[ds])
+            log(f"{ds}: trained {bases[ds]['trained_acc']:.3f} ({bases[ds]['n_test']} architectures, "
+                f"{bases[ds]['epochs']} epochs, {bases[ds]['seconds']:.0f} s)")
+            save()
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(cfg["seeds"]):
                 for ds in args.datasets:
-                    res["predict_init"].append(predict_init_section(ds, seed, cfg, Path(tmp)))
+                    res["predict_init"].append(predict_init_section(ds, seed, cfg, Path(tmp), bases[ds]))
                     r = res["predict_init"][-1]
                     log(f"{ds} seed {seed}: trained {r['trained_acc']:.3f} kaiming {r['kaiming_acc0']:.3f} "
                         + " ".join(f"{d} {r[f'{d}_acc0']:.3f}" for d in DECODERS))
