@@ -489,6 +489,8 @@ def write_markdown(res: dict, path: Path) -> None:
         L += ["", "Each model in a fresh process, one thread; peak extra memory: the peak resident set "
               "(VmHWM, reset through /proc/self/clear_refs) during the first and the timed training steps, "
               "less the resident set just before them (gradients, optimizer state and activations).", ""]
+    for note in res.get("notes", []):
+        L += [note, ""]
     L += ["Scale/sign-aware GMN: canonical forms under the scaling and sign-flip groups of the batch's weight "
           "space. A shared batch carries the weight space of its first network; in digits_cnn, ReLU and tanh "
           "networks share one graph structure, so one batch is canonicalised by one activation's groups.",
