@@ -222,6 +222,23 @@ def predict_init_section(dataset, seed, cfg, workdir, base):
     return out
 
 
+def curve_section(steps, workdir):
+    """Validation accuracy of predicted parameters against meta-training steps: one GHN
+    (digits, tiled decoder, seed 0; meta-batch 8, 300 training architectures) evaluated
+    every steps/8 steps on 16 validation architectures (sampler seeds from 1,000,000)."""
+    from tasks.predict_init import PredictInitConfig, run
+
+    t0 = time.time()
+    res = run(PredictInitConfig(
+        dataset="digits", out=str(workdir / "curve"), steps=steps, meta_batch=8, n_archs=300,
+        val_archs=16, eval_every=max(1, steps // 8), ckpt_every=steps, seed=0, resume=False,
+        progress=False, ghn=dict(GHN_KW, **DECODERS["tiled"])))
+    return dict(steps=steps, seconds=round(time.time() - t0, 1),
+                val=[(h["step"], h["val_acc"]) for h in res.history if "val_acc" in h],
+                loss=[(h["step"], float(np.mean([g["loss"] for g in res.history[max(0, h["step"] - 50):h["step"]]])))
+                      for h in res.history if "val_acc" in h])
+
+
 # ----------------------------------------------------------------------- 2. decoder size
 def decoder_size_section(widths):
     from metanet.hyper import GHN
@@ -411,8 +428,9 @@ def write_md(res, path, cmd):
          + (f"; load average {min(load):.1f} to {max(load):.1f} over the run, from other jobs sharing "
             "the CPUs" if load else "") + "). "
          "Mean ± standard deviation over seeds; every ratio is against a baseline measured in "
-         "the same run." + (f" Sections {', '.join(res['kept'])} are kept from the JSON of an earlier run "
-                           "(not rerun with this code)." if res.get("kept") else ""), ""]
+         "the same run." + (f" Sections {', '.join(res['kept'])} are kept from the JSON of earlier runs"
+                           + "".join(f"; {k}: `{v}`" for k, v in res.get("sources", {}).items())
+                           + "." if res.get("kept") else ""), ""]
     if res["predict_init"]:
         L += [f"Setup: per seed and dataset, a GHN ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, "
               f"{GHN_KW['layers']} layers) with each decoder is meta-trained for {c['ghn_steps']} steps "
@@ -493,6 +511,17 @@ def write_md(res, path, cmd):
                          f"{'yes' if gain >= 0.10 else 'no'} | {'n/a' if srm is None else f'{srm:.3f}'} | "
                          f"{'yes' if srm is not None and srm <= 0.5 else 'no'} |")
         L.append("")
+    if res.get("curve"):
+        cv = res["curve"]
+        L += ["## Meta-training length", "",
+              f"One GHN (digits, tiled decoder, seed 0, meta-batch 8, 300 training architectures, lr 3e-4 "
+              f"with warm-up and cosine over {cv['steps']} steps; {cv['seconds']:.0f} s), its predicted "
+              "parameters evaluated with no training on 16 validation architectures the GHN never saw:", "",
+              "| meta-training steps | validation accuracy, no training | training loss (mean of the last 50 steps) |",
+              "|---|---|---|"]
+        for (st, a), (_, l) in zip(cv["val"], cv["loss"]):
+            L.append(f"| {st} | {a:.3f} | {l:.3f} |")
+        L.append("")
     L += ["## Decoder size as the widest predicted layer grows", "",
           "Tiled: block = width (predicts a layer of that width without copies); low-rank: "
           "max_width = width, rank 16. Both with kernel 3 and hid 64.", "",
@@ -532,6 +561,8 @@ def main(argv=None):
     ap.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"])
     ap.add_argument("--skip", nargs="*", default=[], choices=["predict", "size", "mip", "scale"])
     ap.add_argument("--md-only", action="store_true", help="rewrite the Markdown from the JSON")
+    ap.add_argument("--curve", type=int, default=0, metavar="STEPS",
+                    help="also meta-train one GHN for STEPS steps and record validation accuracy against steps")
     ap.add_argument("--keep", action="store_true",
                     help="keep the skipped sections' results from the existing JSON")
     args = ap.parse_args(argv)
@@ -560,6 +591,12 @@ def main(argv=None):
     res["command"] = cmd
     if args.keep:
         res["kept"] = [s for s in args.skip]
+        if out_json.exists():   # which command measured each kept section, where known
+            old = json.loads(out_json.read_text())
+            src = dict(old.get("sources", {}))
+            src.update({k: old.get("command") for k in ("size", "mip", "scale", "predict")
+                        if k not in old.get("kept", []) and k not in src})
+            res["sources"] = {k: src[k] for k in args.skip if src.get(k)}
 
     def save():
         res["seconds"] = time.time() - t0
@@ -577,6 +614,10 @@ def main(argv=None):
             save()
     if "scale" not in args.skip:
         res["scale"] = scale_section(args.quick)
+        save()
+    if args.curve:
+        with tempfile.TemporaryDirectory() as tmp:
+            res["curve"] = curve_section(args.curve, Path(tmp))
         save()
     if "predict" not in args.skip:
         bases = {}
