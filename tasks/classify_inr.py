@@ -44,7 +44,7 @@ class INRConfig:
     layers: int = 3
     seed: int = 0
     max_train: int | None = None
-    preload: bool = True              # read a split of one architecture into memory once
+    preload: bool = True              # read a split of one or a few architectures into memory once
     progress: bool = True
 
 

@@ -57,7 +57,7 @@ class AccuracyConfig:
     layers: int = 3
     seed: int = 0
     max_train: int | None = None      # cap on training checkpoints (smoke runs)
-    preload: bool = True              # read a split of one architecture into memory once
+    preload: bool = True              # read a split of one or a few architectures into memory once
     progress: bool = True
 
 
@@ -98,9 +98,12 @@ def r2_score(pred, true) -> float:
 _STRUCTURE_OF: dict[str, tuple] = {}
 
 
-def _structure_key(zoo, rec) -> tuple:
-    """Architectures whose parameter graphs have one structure (e.g. one network with
-    different activations) share batches."""
+def _structure_key(zoo, rec, symmetries: bool = True) -> tuple:
+    """Architectures with one parameter-graph structure and one set of symmetries share
+    batches (e.g. one network with different dropout). The same network with ReLU and
+    with tanh has one graph but different groups (positive scalings against sign flips),
+    so a batch, which carries one WeightSpace, never mixes them: canonical forms and
+    augmentations read its groups."""
     from zoo.models import arch_key
 
     key = arch_key(rec["arch"], zoo._graph_kwargs(rec))
@@ -113,14 +116,15 @@ def _structure_key(zoo, rec) -> tuple:
         ws = WeightSpace.of(m, m.example_input())
         sp = ws.spaces
         _STRUCTURE_OF[key] = (tuple(ws.weights), tuple((k, tuple(sp.axes[k])) for k in ws.weights),
-                              tuple(sp.sizes), tuple(sp.free), tuple(sp.neuron))
-    return _STRUCTURE_OF[key]
+                              tuple(sp.sizes), tuple(sp.free), tuple(sp.neuron),
+                              tuple((g.size, g.scaling, g.sign) for g in ws.groups))
+    return _STRUCTURE_OF[key] if symmetries else _STRUCTURE_OF[key][:-1]
 
 
-def _by_arch(zoo, positions) -> dict[tuple, list[int]]:
+def _by_arch(zoo, positions, symmetries: bool = True) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for p in positions:
-        groups[_structure_key(zoo, zoo.record(p))].append(p)
+        groups[_structure_key(zoo, zoo.record(p), symmetries)].append(p)
     return groups
 
 
@@ -176,38 +180,57 @@ def zoo_batches(zoo, batch_size: int, layout: str = "compact", *, target: str | 
         yield graphs, y
 
 
+def _preloadable(view, batch_size: int) -> bool:
+    """Whether fit() reads a view into memory (:class:`Preloaded`): where each of its
+    structures fills a batch (one or a few architectures); a zoo of many architectures
+    streams padded batches instead."""
+    groups = _by_arch(view, range(len(view)))
+    return all(len(g) >= min(batch_size, len(view)) for g in groups.values())
+
+
 class Preloaded:
-    """A zoo view of one parameter-graph structure read into memory once (in chunks),
-    then served as SharedBatches by indexing: for zoos whose weights fit in memory, it
-    saves re-reading the shards every epoch."""
+    """A zoo view read into memory once (in chunks, per parameter-graph structure; see
+    :func:`_structure_key`), then served as SharedBatches of one structure each by
+    indexing: for zoos whose weights fit in memory, it saves re-reading the shards every
+    epoch."""
 
     def __init__(self, zoo, layout: str, target: str | None, target_fn: Callable | None, chunk: int = 512):
-        groups = _by_arch(zoo, range(len(zoo)))
-        if len(groups) != 1:
-            raise ValueError("Preloaded needs a zoo view of one architecture")
-        self.ws = zoo.weight_space(0)
         self.layout = layout
-        parts = [zoo.stacked(range(a, min(a + chunk, len(zoo)))) for a in range(0, len(zoo), chunk)]
-        self.stacked = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        self.y = target_fn(zoo) if target_fn is not None else (zoo.targets(target) if target else None)
+        y = target_fn(zoo) if target_fn is not None else (zoo.targets(target) if target else None)
+        self.parts = []     # (weight space, stacked weights, targets) per structure
+        for positions in _by_arch(zoo, range(len(zoo))).values():
+            view = zoo.subset(positions)
+            chunks = [view.stacked(range(a, min(a + chunk, len(view)))) for a in range(0, len(view), chunk)]
+            stacked = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+            self.parts.append((view.weight_space(0), stacked, None if y is None else y[torch.as_tensor(positions)]))
 
     def __len__(self) -> int:
-        return len(next(iter(self.stacked.values())))
+        return sum(len(next(iter(st.values()))) for _, st, _ in self.parts)
+
+    def num_batches(self, batch_size: int) -> int:
+        return sum(math.ceil(len(next(iter(st.values()))) / batch_size) for _, st, _ in self.parts)
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
                 transform: Callable | None = None, shard: tuple[int, int] = (0, 1)):
         from metanet.graph import SharedBatch
 
-        n = len(self)
-        order = torch.from_numpy(np.random.default_rng(seed).permutation(n)) if shuffle else torch.arange(n)
-        for a in range(0, n, batch_size):
-            idx = order[a:a + batch_size][shard[0]::shard[1]]   # this process's rows (see zoo_batches)
+        rng = np.random.default_rng(seed)
+        plan = []           # (part, rows) per batch; with several structures, batches interleave
+        for i, (_, st, _) in enumerate(self.parts):
+            n = len(next(iter(st.values())))
+            order = torch.from_numpy(rng.permutation(n)) if shuffle else torch.arange(n)
+            plan += [(i, order[a:a + batch_size]) for a in range(0, n, batch_size)]
+        if shuffle and len(self.parts) > 1:
+            plan = [plan[j] for j in rng.permutation(len(plan))]
+        for i, idx in plan:
+            ws, stacked, y = self.parts[i]
+            idx = idx[shard[0]::shard[1]]   # this process's rows (see zoo_batches)
             if len(idx) == 0:
                 yield None, torch.empty(0)
                 continue
-            stack, y = apply_transform(transform, {k: v[idx] for k, v in self.stacked.items()},
-                                       None if self.y is None else self.y[idx])
-            yield SharedBatch.of(self.ws, stack, self.layout, check=False), y
+            stack, y = apply_transform(transform, {k: v[idx] for k, v in stacked.items()},
+                                       None if y is None else y[idx])
+            yield SharedBatch.of(ws, stack, self.layout, check=False), y
 
 
 # ----------------------------------------------------------------------------- model
@@ -215,7 +238,7 @@ def build_model(kind: str, zoo, *, layout: str, hidden: int, layers: int, out_di
     """A fresh metanetwork of ``kind`` sized for the architectures of ``zoo``."""
     from metanet.nn import GMN, NFN, NGT, StatNN
 
-    groups = _by_arch(zoo, range(len(zoo)))
+    groups = _by_arch(zoo, range(len(zoo)), symmetries=False)   # the models read the graph, not the scalings
     spaces = [zoo.weight_space(g[0]) for g in groups.values()]
     width = max(ws.layout(layout).width for ws in spaces)
     if kind == "gmn":
@@ -302,7 +325,7 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
 
     def batches(view, shuffle=False, epoch=0, transform=None, shard=(0, 1)):
         seed = config.seed * 1000 + epoch
-        if config.preload and len(_by_arch(view, range(len(view)))) == 1:
+        if config.preload and _preloadable(view, config.batch_size):
             if id(view) not in cache:
                 cache[id(view)] = Preloaded(view, config.layout, tgt, target_fn)
             return cache[id(view)].batches(config.batch_size, shuffle, seed, transform, shard)
@@ -316,7 +339,8 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
     torchrun.broadcast(model)       # every process starts from rank 0's model
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    steps_per_epoch = (cache[id(train)].num_batches(config.batch_size) if id(train) in cache
+                       else math.ceil(len(train) / config.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * steps_per_epoch))
     # loop: train one epoch, evaluate on validation, keep the best
     best, best_epoch, history, seen, train_s = -math.inf, -1, [], 0, 0.0

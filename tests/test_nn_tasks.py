@@ -126,3 +126,32 @@ def test_train_commands_on_imported_public_zoos(tmp_path, capsys):
         capsys.readouterr()
         result = json.loads((tmp_path / kind / "result.json").read_text())
         assert ("tau" if kind == "accuracy" else "acc") in result["test"]
+
+
+def test_batches_never_mix_symmetries(cnn_zoo):
+    """ReLU and tanh CNNs share one parameter graph but not their groups (scalings
+    against sign flips): every batch's WeightSpace must be each of its networks' own,
+    or the scale/sign-aware GMN and augmentations would apply one activation's
+    symmetries to the other's networks."""
+    from tasks.predict_accuracy import Preloaded
+
+    zoo = Zoo.open(cnn_zoo)
+    acts = {zoo.record(i)["arch_kwargs"]["activation"] for i in range(len(zoo))}
+    assert acts == {"relu", "tanh"}   # the fixture holds both (else the test proves nothing)
+
+    def flags(ws):
+        return sorted((g.size, g.scaling, g.sign) for g in ws.groups)
+
+    pre = Preloaded(zoo, "compact", "test_acc", None)
+    assert len(pre) == len(zoo) and len(pre.parts) == 2
+    seen = 0
+    for ws, stacked, y in pre.parts:   # each part's networks are exactly those with its groups
+        members = [i for i in range(len(zoo)) if flags(zoo.weight_space(i)) == flags(ws)]
+        assert len(y) == len(members) and all(len(v) == len(y) for v in stacked.values())
+        assert torch.equal(y, zoo.targets("test_acc")[members])
+        seen += len(y)
+    assert seen == len(zoo)
+    assert sum(1 for _ in pre.batches(5, shuffle=True)) == pre.num_batches(5)
+    # streamed: one batch of the whole zoo cannot be one SharedBatch (it would carry one WeightSpace)
+    (graphs, _), = zoo_batches(zoo, len(zoo), target="test_acc")
+    assert not hasattr(graphs, "ws") and graphs.num_graphs == len(zoo)
