@@ -207,22 +207,24 @@ class Preloaded:
     def __len__(self) -> int:
         return sum(len(next(iter(st.values()))) for _, st, _ in self.parts)
 
-    def num_batches(self, batch_size: int) -> int:
-        return sum(math.ceil(len(next(iter(st.values()))) / batch_size) for _, st, _ in self.parts)
-
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
-                transform: Callable | None = None, shard: tuple[int, int] = (0, 1)):
-        from metanet.graph import SharedBatch
-
+    def plan(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> list[tuple[int, torch.Tensor]]:
+        """``(part, rows)`` of every batch, in order; with several structures, batches of
+        each interleave."""
         rng = np.random.default_rng(seed)
-        plan = []           # (part, rows) per batch; with several structures, batches interleave
+        plan = []
         for i, (_, st, _) in enumerate(self.parts):
             n = len(next(iter(st.values())))
             order = torch.from_numpy(rng.permutation(n)) if shuffle else torch.arange(n)
             plan += [(i, order[a:a + batch_size]) for a in range(0, n, batch_size)]
         if shuffle and len(self.parts) > 1:
             plan = [plan[j] for j in rng.permutation(len(plan))]
-        for i, idx in plan:
+        return plan
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
+                transform: Callable | None = None, shard: tuple[int, int] = (0, 1)):
+        from metanet.graph import SharedBatch
+
+        for i, idx in self.plan(batch_size, shuffle, seed):
             ws, stacked, y = self.parts[i]
             idx = idx[shard[0]::shard[1]]   # this process's rows (see zoo_batches)
             if len(idx) == 0:
@@ -339,8 +341,12 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
     torchrun.broadcast(model)       # every process starts from rank 0's model
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = (cache[id(train)].num_batches(config.batch_size) if id(train) in cache
-                       else math.ceil(len(train) / config.batch_size))
+    def global_sizes(view, epoch):   # rows of every global batch of a training epoch, in order
+        if id(view) in cache:
+            return [len(idx) for _, idx in cache[id(view)].plan(config.batch_size, True, config.seed * 1000 + epoch)]
+        return [min(config.batch_size, len(view) - a) for a in range(0, len(view), config.batch_size)]
+
+    steps_per_epoch = len(global_sizes(train, 0))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * steps_per_epoch))
     # loop: train one epoch, evaluate on validation, keep the best
     best, best_epoch, history, seen, train_s = -math.inf, -1, [], 0, 0.0
@@ -352,8 +358,7 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
         bar = tqdm(batches(train, shuffle=True, epoch=epoch, transform=transform, shard=(rank, world)),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not (config.progress and main), leave=False)
-        for step, (graphs, y) in enumerate(bar):
-            n = min(config.batch_size, len(train) - step * config.batch_size)   # the global batch
+        for (graphs, y), n in zip(bar, global_sizes(train, epoch), strict=True):   # n: the global batch
             # this process's rows, weighted by their share of the global batch (all of it in
             # one process); the sum over processes is the global batch's loss and gradient
             loss = loss_fn(model(graphs), y) * (len(y) / n) if len(y) else torch.zeros(())

@@ -151,7 +151,29 @@ def test_batches_never_mix_symmetries(cnn_zoo):
         assert torch.equal(y, zoo.targets("test_acc")[members])
         seen += len(y)
     assert seen == len(zoo)
-    assert sum(1 for _ in pre.batches(5, shuffle=True)) == pre.num_batches(5)
+    plan = pre.plan(5, shuffle=True, seed=3)
+    assert sum(1 for _ in pre.batches(5, shuffle=True, seed=3)) == len(plan)
+    assert sorted(len(idx) for _, idx in plan) == sorted(
+        min(5, len(y) - a) for _, _, y in pre.parts for a in range(0, len(y), 5))
     # streamed: one batch of the whole zoo cannot be one SharedBatch (it would carry one WeightSpace)
     (graphs, _), = zoo_batches(zoo, len(zoo), target="test_acc")
     assert not hasattr(graphs, "ws") and graphs.num_graphs == len(zoo)
+
+
+def test_one_process_weights_every_batch_by_one(cnn_zoo, tmp_path):
+    """fit() weights each process's loss by its share of the global batch; in one process
+    every share is the whole batch, also when batches of separate structures (ReLU and
+    tanh CNNs) make the batch sizes uneven. The gradient reaching the loss is the weight."""
+    from tasks.predict_accuracy import fit, _regression_scores
+
+    weights = []
+
+    def loss_fn(pred, y):
+        out = ((pred.squeeze(-1) - y) ** 2).mean()
+        out.register_hook(lambda g: weights.append(float(g)))
+        return out
+
+    cfg = AccuracyConfig(zoo=str(cnn_zoo), model="statnn", out=str(tmp_path), epochs=2, batch_size=5,
+                         hidden=8, layers=1, progress=False)
+    fit(cfg, out_dim=1, loss_fn=loss_fn, scores_fn=_regression_scores, key="tau")
+    assert len(weights) > 4 and weights == [1.0] * len(weights)
