@@ -213,10 +213,15 @@ def _ready_model(model: str, zoo_path, cfg):
     return None
 
 
+WIDE = 64   # hidden width of the "gmn_wide" variant (build_model's GMN otherwise: AccuracyConfig.hidden)
+
+
 def _regress(zoo_path, model: str, seed: int, epochs: int, max_train, tag: str):
-    cfg = AccuracyConfig(zoo=str(zoo_path), model={"nfn_public": "nfn", "gmn_canonical": "gmn"}.get(model, model),
+    cfg = AccuracyConfig(zoo=str(zoo_path), model={"nfn_public": "nfn", "gmn_canonical": "gmn",
+                                                   "gmn_wide": "gmn"}.get(model, model),
                          out=str(ROOT / "out" / "bench" / f"{tag}_{model}_{seed}"), epochs=epochs,
-                         seed=seed, max_train=max_train, progress=False)
+                         seed=seed, max_train=max_train, progress=False,
+                         **({"hidden": WIDE} if model == "gmn_wide" else {}))
     return fit(cfg, out_dim=1, loss_fn=lambda p, y: ((p.squeeze(-1) - y) ** 2).mean(),
                scores_fn=_regression_scores, key="tau", model=_ready_model(model, zoo_path, cfg))
 
@@ -438,7 +443,7 @@ def write_markdown(res: dict, path: Path) -> None:
         return T
 
     names = {"nfn": "NFN-HNP (ours)", "nfn_public": "NFN-HNP (public nfn)", "statnn": "StatNN", "gmn": "GMN",
-             "gmn_canonical": "GMN, scale/sign-aware", "ngt": "NGT"}
+             "gmn_canonical": "GMN, scale/sign-aware", "ngt": "NGT", "gmn_wide": f"GMN, hidden {WIDE}"}
     if res.get("accuracy"):
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names)
