@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 from metanet import WeightSpace  # noqa: E402
 from metanet.graph import SharedBatch  # noqa: E402
 from tasks.classify_inr import INRConfig  # noqa: E402
-from tasks.classify_inr import run as run_inr  # noqa: E402
 from tasks.predict_accuracy import AccuracyConfig, _regression_scores, fit, zoo_batches  # noqa: E402
 from zoo.models import create  # noqa: E402
 
