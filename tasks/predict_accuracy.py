@@ -327,9 +327,9 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
 
     def batches(view, shuffle=False, epoch=0, transform=None, shard=(0, 1)):
         seed = config.seed * 1000 + epoch
-        if config.preload and _preloadable(view, config.batch_size):
-            if id(view) not in cache:
-                cache[id(view)] = Preloaded(view, config.layout, tgt, target_fn)
+        if id(view) not in cache and config.preload and _preloadable(view, config.batch_size):
+            cache[id(view)] = Preloaded(view, config.layout, tgt, target_fn)
+        if id(view) in cache:   # grouped once, not again every epoch
             return cache[id(view)].batches(config.batch_size, shuffle, seed, transform, shard)
         return zoo_batches(view, config.batch_size, config.layout, target=tgt, target_fn=target_fn,
                            shuffle=shuffle, seed=seed, transform=transform, shard=shard)
