@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from archs import ARCHS, flatten_outputs
-from metanet.augment import (Compose, GaussianNoise, INRInputTransform, MagnitudePrune, MixUp, Quantize,
+from metanet.augment import (Compose, GaussianNoise, RandomApply, INRInputTransform, MagnitudePrune, MixUp, Quantize,
                              RandomPermutation, RandomScaling, RandomSignFlip, SirenBiasShift, WeightDropout,
                              running_stat_keys, transformed)
 from metanet.space import WeightSpace
@@ -231,3 +231,48 @@ def test_transformed_plugs_into_batch_iterators():
     assert not torch.equal(got[0][0]["net.0.weight"], stack["net.0.weight"])
     mixed = list(transformed(iter(batches), MixUp(ws, seed=0)))
     assert mixed[0][0]["net.0.weight"].shape == stack["net.0.weight"].shape
+
+
+def test_mixup_probability_leaves_networks_unmixed():
+    _, _, ws, sd, _ = setup("mlp_relu")
+    g = torch.Generator().manual_seed(0)
+    stack = {k: torch.randn(64, *v.shape, generator=g) for k, v in sd.items()}
+    y = torch.arange(64, dtype=torch.float32)
+    w = "net.0.weight"
+    same, ys = MixUp(ws, alpha=1.0, p=0.0, seed=0)(stack, y)
+    assert torch.equal(same[w], stack[w]) and torch.equal(ys, y)
+    # p = 1 is the default: the same draws, the same result
+    a, ya = MixUp(ws, alpha=1.0, p=1.0, seed=3)(stack, y)
+    b, yb = MixUp(ws, alpha=1.0, seed=3)(stack, y)
+    assert torch.equal(a[w], b[w]) and torch.equal(ya, yb)
+    half, yh = MixUp(ws, alpha=1.0, p=0.5, seed=3)(stack, y)
+    kept = torch.tensor([torch.equal(half[w][i], stack[w][i]) for i in range(64)])
+    assert 16 <= int(kept.sum()) <= 48                 # about half mixed
+    assert torch.equal(yh[kept], y[kept]) and not torch.equal(yh[~kept], y[~kept])
+    with pytest.raises(ValueError, match="probability"):
+        MixUp(ws, p=1.5)
+
+
+def test_random_apply_per_network():
+    model, x, ws, sd, _ = setup("mlp_relu")
+    stack = {k: torch.stack([v] * 64) for k, v in sd.items()}
+    w = "net.0.weight"
+    t = RandomApply(GaussianNoise(ws, sigma=0.1), p=0.5, seed=0)
+    out = t(stack)
+    changed = torch.tensor([not torch.equal(out[w][i], stack[w][i]) for i in range(64)])
+    assert 16 <= int(changed.sum()) <= 48
+    assert torch.equal(RandomApply(GaussianNoise(ws), p=0.0, seed=0)(stack)[w], stack[w])
+    everyone = RandomApply(GaussianNoise(ws), p=1.0, seed=0)(stack)
+    assert all(not torch.equal(everyone[w][i], stack[w][i]) for i in range(64))
+    # reproducible from a generator, pure, exact when its transform is
+    a = t(stack, generator=torch.Generator().manual_seed(5))
+    b = t(stack, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a[w], b[w]) and torch.equal(stack[w][0], sd[w])
+    perm = RandomApply(RandomPermutation(ws), p=0.5, seed=1)
+    assert perm.exact and not t.exact
+    one = perm.single(sd, generator=torch.Generator().manual_seed(2))
+    assert rel_err(outputs(model, one, x), outputs(model, sd, x)) < 1e-5
+    with pytest.raises(TypeError, match="MixUp"):
+        RandomApply(MixUp(ws), p=0.5)
+    with pytest.raises(ValueError, match="probability"):
+        RandomApply(GaussianNoise(ws), p=-0.1)

@@ -8,14 +8,14 @@ Exact transforms (``t.exact``) keep the function of every network; approximate o
 change it a little. See :mod:`metanet.augment.transforms` and :mod:`metanet.augment.mixup`.
 """
 from .mixup import MixUp
-from .transforms import (Compose, GaussianNoise, INRInputTransform, MagnitudePrune, Quantize,
+from .transforms import (Compose, RandomApply, GaussianNoise, INRInputTransform, MagnitudePrune, Quantize,
                          RandomPermutation, RandomScaling, RandomSignFlip, SirenBiasShift, Transform,
                          WeightDropout, make_generator, running_stat_keys, transformed)
 
 EXACT = (RandomPermutation, RandomScaling, RandomSignFlip, SirenBiasShift)
 APPROXIMATE = (GaussianNoise, WeightDropout, MagnitudePrune, Quantize, INRInputTransform)
 
-__all__ = ["Transform", "Compose", "RandomPermutation", "RandomScaling", "RandomSignFlip",
+__all__ = ["Transform", "Compose", "RandomApply", "RandomPermutation", "RandomScaling", "RandomSignFlip",
            "SirenBiasShift", "GaussianNoise", "WeightDropout", "MagnitudePrune", "Quantize",
            "INRInputTransform", "MixUp", "EXACT", "APPROXIMATE", "make_generator",
            "running_stat_keys", "transformed"]

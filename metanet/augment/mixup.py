@@ -9,6 +9,9 @@ the same batch, and its label with the partner's by the same weight.
 - ``"align"``: the partner is aligned onto the network by weight matching first
   (one linear assignment per group and pair; costs computed batched over pairs).
 
+``p``: the probability that a network is mixed at all (a network left out keeps its
+weights and label: λ = 1); ``p = 1`` mixes every network.
+
 Invariants: pure (inputs untouched), one λ ~ Beta(α, α) and one partner per network
 drawn from the generator (partners follow a random cycle through the batch, so no
 network is mixed with itself when B > 1), labels mixed with the same λ; integer class labels become
@@ -35,20 +38,23 @@ class MixUp:
     exact = False
 
     def __init__(self, ws: WeightSpace, alpha: float = 0.2, mode: str = "plain", *,
-                 num_classes: int | None = None, seed: int | torch.Generator | None = None):
+                 num_classes: int | None = None, p: float = 1.0, seed: int | torch.Generator | None = None):
         if not isinstance(ws, WeightSpace):
             raise TypeError(f"MixUp takes a WeightSpace first, got {type(ws).__name__}")
         if mode not in MODES:
             raise ValueError(f"MixUp mode is one of {MODES}, got {mode!r}")
         if alpha <= 0:
             raise ValueError(f"MixUp needs alpha > 0 (Beta(alpha, alpha) weights), got {alpha}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"MixUp's p is the probability of mixing a network, in [0, 1]; got {p}")
         self.ws, self.alpha, self.mode, self.num_classes = ws, float(alpha), mode, num_classes
+        self.p = float(p)
         self.generator = make_generator(seed)
         stats = running_stat_keys(ws)
         self.keys = [k for k in ws.weights if k not in stats]
 
     def __repr__(self) -> str:
-        return f"MixUp(alpha={self.alpha}, mode={self.mode!r})"
+        return f"MixUp(alpha={self.alpha}, mode={self.mode!r}" + (f", p={self.p})" if self.p < 1 else ")")
 
     def _labels(self, y: torch.Tensor) -> torch.Tensor:
         if y.is_floating_point():
@@ -68,6 +74,9 @@ class MixUp:
         partner[order] = order.roll(-1)
         g1, g2 = _gamma(self.alpha, B, gen), _gamma(self.alpha, B, gen)
         lam = g1 / (g1 + g2)          # Beta(alpha, alpha), one per network
+        if self.p < 1:                # networks left unmixed keep themselves (λ = 1)
+            lam = torch.where(torch.rand(B, generator=gen, dtype=torch.float64) < self.p, lam,
+                              torch.ones_like(lam))
         other = {k: v[partner] for k, v in stack.items()}
         if self.mode == "permute" and self.ws.groups:
             other = self.ws.permute(other, self.ws.sample_permutation(gen, batch=B), batched=True)

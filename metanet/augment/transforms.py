@@ -32,7 +32,7 @@ from ..trace.graph import Param, Ref
 
 Stack = Mapping[str, torch.Tensor]
 
-__all__ = ["Transform", "Compose", "RandomPermutation", "RandomScaling", "RandomSignFlip",
+__all__ = ["Transform", "Compose", "RandomApply", "RandomPermutation", "RandomScaling", "RandomSignFlip",
            "SirenBiasShift", "GaussianNoise", "WeightDropout", "MagnitudePrune", "Quantize",
            "INRInputTransform", "make_generator", "running_stat_keys", "transformed"]
 
@@ -128,7 +128,7 @@ class Compose:
 
     def __call__(self, stack: Stack, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         for t in self.transforms:
-            stack = t(stack, generator=generator) if isinstance(t, (Transform, Compose)) else t(stack)
+            stack = t(stack, generator=generator) if isinstance(t, (Transform, Compose, RandomApply)) else t(stack)
         return stack
 
     def single(self, state_dict: Stack, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -137,6 +137,54 @@ class Compose:
 
     def __repr__(self) -> str:
         return "Compose([" + ", ".join(map(repr, self.transforms)) + "])"
+
+
+class RandomApply:
+    """Apply ``transform`` to each network of a stack with probability ``p`` (one draw per
+    network; the others pass through unchanged). Exact when ``transform`` is.
+
+    The transform runs on the whole stack once and its result is kept where the draw says
+    so: a batched select, no loop over networks."""
+
+    def __init__(self, transform: Callable, p: float = 0.5, *, seed: int | torch.Generator | None = None):
+        from .mixup import MixUp
+
+        if isinstance(transform, MixUp):
+            raise TypeError("RandomApply takes a stack transform; for MixUp pass p= to MixUp itself "
+                            "(it mixes labels too)")
+        if not callable(transform):
+            raise TypeError(f"RandomApply takes a transform (a callable on stacked state dicts), "
+                            f"got {type(transform).__name__}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomApply's p is a probability, in [0, 1]; got {p}")
+        self.transform, self.p = transform, float(p)
+        self.generator = make_generator(seed)
+
+    @property
+    def exact(self) -> bool:
+        return bool(getattr(self.transform, "exact", False))
+
+    def __call__(self, stack: Stack, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        gen = generator if generator is not None else self.generator
+        t = self.transform
+        out = t(stack, generator=gen) if isinstance(t, (Transform, Compose, RandomApply)) else t(stack)
+        keys = [k for k in out if k in stack and out[k] is not stack[k]]
+        if not keys:
+            return out
+        B = out[keys[0]].shape[0]
+        keep = torch.rand(B, generator=gen) < self.p
+        res = OrderedDict(out)
+        for k in keys:
+            m = keep.to(out[k].device).reshape(B, *([1] * (out[k].dim() - 1)))
+            res[k] = torch.where(m, out[k], stack[k])
+        return res
+
+    def single(self, state_dict: Stack, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        out = self({k: v.unsqueeze(0) for k, v in state_dict.items()}, generator=generator)
+        return OrderedDict((k, v.squeeze(0)) for k, v in out.items())
+
+    def __repr__(self) -> str:
+        return f"RandomApply({self.transform!r}, p={self.p})"
 
 
 def transformed(batches: Iterable, transform: Callable) -> Iterable:
