@@ -195,12 +195,23 @@ def _public_model(zoo_path, mode, hidden, layers, out_dim):
     return PublicNFN(rec["arch"], z._graph_kwargs(rec), mode, hidden, layers, out_dim)
 
 
+# GMN variants: build_model's GMN with these options (metanet.nn.GMN's arguments)
+GMN_VARIANTS = {
+    "gmn_canonical": {"canonical": "both"},            # scale/sign-aware
+    "gmn_pna": {"readout": "pna"},                     # mean/std/max/min per edge and node group
+    "gmn_hybrid": {"weight_stats_bins": 8},            # + StatNN's statistics of the input weights
+    "gmn_pna_hybrid": {"readout": "pna", "weight_stats_bins": 8},
+    "gmn_maggr": {"aggr": ("mean", "max", "std")},     # PNA-like message aggregation
+    "gmn_maggr_pna_hybrid": {"aggr": ("mean", "max", "std"), "readout": "pna", "weight_stats_bins": 8},
+}
+
+
 def _ready_model(model: str, zoo_path, cfg):
-    """A model the task's build_model does not make by name: the public NFN-HNP, or the
-    scale/sign-aware GMN (canonical forms under both groups; otherwise as build_model's GMN)."""
+    """A model the task's build_model does not make by name: the public NFN-HNP, or a
+    GMN variant of GMN_VARIANTS (otherwise as build_model's GMN)."""
     if model == "nfn_public":
         return _public_model(zoo_path, "hnp", cfg.hidden, cfg.layers, 1)
-    if model == "gmn_canonical":
+    if model in GMN_VARIANTS:
         from metanet.nn import GMN
         from zoo import Zoo
 
@@ -208,7 +219,7 @@ def _ready_model(model: str, zoo_path, cfg):
 
         plain = build_model("gmn", Zoo.open(zoo_path), layout=cfg.layout, hidden=cfg.hidden,
                             layers=cfg.layers, out_dim=1)
-        return GMN(**{**plain._hub_mixin_config, "canonical": "both"})
+        return GMN(**{**plain._hub_mixin_config, **GMN_VARIANTS[model]})
     return None
 
 
@@ -216,8 +227,8 @@ WIDE = 64   # hidden width of the "gmn_wide" variant (build_model's GMN otherwis
 
 
 def _regress(zoo_path, model: str, seed: int, epochs: int, max_train, tag: str):
-    cfg = AccuracyConfig(zoo=str(zoo_path), model={"nfn_public": "nfn", "gmn_canonical": "gmn",
-                                                   "gmn_wide": "gmn"}.get(model, model),
+    cfg = AccuracyConfig(zoo=str(zoo_path), model="gmn" if model in GMN_VARIANTS or model == "gmn_wide"
+                         else {"nfn_public": "nfn"}.get(model, model),
                          out=str(ROOT / "out" / "bench" / f"{tag}_{model}_{seed}"), epochs=epochs,
                          seed=seed, max_train=max_train, progress=False,
                          **({"hidden": WIDE} if model == "gmn_wide" else {}))
@@ -442,7 +453,11 @@ def write_markdown(res: dict, path: Path) -> None:
         return T
 
     names = {"nfn": "NFN-HNP (ours)", "nfn_public": "NFN-HNP (public nfn)", "statnn": "StatNN", "gmn": "GMN",
-             "gmn_canonical": "GMN, scale/sign-aware", "ngt": "NGT", "gmn_wide": f"GMN, hidden {WIDE}"}
+             "gmn_canonical": "GMN, scale/sign-aware", "ngt": "NGT", "gmn_wide": f"GMN, hidden {WIDE}",
+             "gmn_pna": "GMN, PNA readout", "gmn_hybrid": "GMN + weight statistics (hybrid)",
+             "gmn_pna_hybrid": "GMN, PNA readout + weight statistics (hybrid)",
+             "gmn_maggr": "GMN, mean/max/std aggregation",
+             "gmn_maggr_pna_hybrid": "GMN, mean/max/std aggregation, PNA readout + weight statistics (hybrid)"}
     if res.get("accuracy"):
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names)

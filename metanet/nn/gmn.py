@@ -9,7 +9,10 @@ from torch_geometric.nn import MessagePassing
 
 from .canonical import canonicalize
 from .base import GraphMetanet
-from .inputs import GraphInput, mlp
+from .inputs import NUM_KINDS, NUM_ROLES, POOL_STATS, GraphInput, mlp
+from .statnn import weight_statistics
+
+READOUTS = ("mean", "pna")
 
 
 class GMNLayer(MessagePassing):
@@ -26,20 +29,25 @@ class GMNLayer(MessagePassing):
 
     Args:
         hidden: node and edge feature size.
-        aggr: aggregation by name ("mean", "sum", "max").
+        aggr: aggregation by name ("mean", "sum", "max", "std"), or several names: each
+            direction's messages aggregated by each, side by side (PNA-like; PyG's
+            MultiAggregation), for ``phi_x`` to read.
 
     Shapes:
         x [N, hidden] or [B, N, hidden]; edge_index [2, E]; edge_attr [E, hidden] or
         [B, E, hidden] -> (x, edge_attr) of the same shapes.
     """
 
-    def __init__(self, hidden: int, aggr: str = "mean"):
-        super().__init__(aggr=aggr, node_dim=-2)
+    def __init__(self, hidden: int, aggr: str | tuple[str, ...] = "mean"):
+        aggrs = (aggr,) if isinstance(aggr, str) else tuple(aggr)
+        if not aggrs:
+            raise ValueError("aggr: give at least one aggregation")
+        super().__init__(aggr=aggrs[0] if len(aggrs) == 1 else list(aggrs), node_dim=-2)
         self.hidden = hidden
         self.phi_e = mlp([3 * hidden, hidden, hidden])
         self.phi_in = mlp([2 * hidden, hidden, hidden])
         self.phi_out = mlp([2 * hidden, hidden, hidden])
-        self.phi_x = mlp([3 * hidden, hidden, hidden])
+        self.phi_x = mlp([(1 + 2 * len(aggrs)) * hidden, hidden, hidden])
         self.norm_x = nn.LayerNorm(hidden)
         self.norm_e = nn.LayerNorm(hidden)
         self.reset_parameters()
@@ -70,6 +78,35 @@ class GMNLayer(MessagePassing):
         return f"{type(self).__name__}({self.hidden}, aggr={self.aggr!r})"
 
 
+class WeightStats(nn.Module):
+    """StatNN's statistics (mean, variance, five quantiles, log count) of a network's
+    weight values per (tensor role, depth bin), standardised with their mean and
+    deviation on a training split (buffers, saved with the model): :class:`GMN`'s
+    statistics path. A function of the multiset of values of each tensor, so invariant
+    under every permutation of neurons."""
+
+    def __init__(self, bins: int):
+        super().__init__()
+        self.bins = bins
+        dim = NUM_ROLES * bins * 8
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
+
+    def features(self, g: GraphInput) -> Tensor:
+        gid = g.edge_role * self.bins + (g.edge_geo[..., 0] * self.bins).long().clamp(0, self.bins - 1)
+        return weight_statistics(g, gid, NUM_ROLES * self.bins).to(self.feat_mean.dtype)
+
+    @torch.no_grad()
+    def fit(self, inputs) -> "WeightStats":
+        feats = torch.cat([self.features(g) for g in inputs])
+        self.feat_mean.copy_(feats.mean(0))
+        self.feat_std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=1e-6))
+        return self
+
+    def forward(self, g: GraphInput) -> Tensor:
+        return (self.features(g) - self.feat_mean) / self.feat_std
+
+
 class GMN(GraphMetanet, PyTorchModelHubMixin):
     """Graph metanetwork: an encoder, ``layers`` rounds of :class:`GMNLayer`, and heads.
 
@@ -97,24 +134,73 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
             ``s`` (:class:`~metanet.nn.GraphEncoder`); () reads ``w`` through one linear map.
         readout_bins: the readout also pools edges per (tensor role, depth bin), with this
             many depth bins; 0 pools all edges together only.
+        readout: "mean" pools the mean of each (role, depth bin) group of final edge
+            features; "pna" pools their mean, std, max and min, and the same four of the
+            final node features per (node kind, depth bin) (needs ``readout_bins``).
+        weight_stats_bins: > 0 makes the model a hybrid: the readout also reads StatNN's
+            statistics of the input weights per (role, depth bin) with this many depth bins
+            (:class:`WeightStats`, of the canonical forms when ``canonical`` is set); 0: off.
     """
 
     def __init__(self, in_width: int = 1, hidden: int = 64, layers: int = 3, out_dim: int = 1,
                  edge_out: int | None = None, node_out: int = 1, aggr: str = "mean",
                  canonical: str | None = None, value_scales: tuple[float, ...] = (1.0, 10.0, 100.0),
-                 readout_bins: int = 4):
+                 readout_bins: int = 4, readout: str = "mean", weight_stats_bins: int = 0):
         super().__init__()
         if canonical not in (None, "scale", "sign", "both"):
             raise ValueError(f"canonical must be None, 'scale', 'sign' or 'both', got {canonical!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if readout == "pna" and readout_bins < 1:
+            raise ValueError("readout='pna' pools per (role, depth bin) group: give readout_bins >= 1")
+        if weight_stats_bins < 0:
+            raise ValueError(f"weight_stats_bins must be >= 0, got {weight_stats_bins}")
         self.canonical = canonical
+        aggr = aggr if isinstance(aggr, str) else tuple(aggr)
         self._build(nn.ModuleList(GMNLayer(hidden, aggr) for _ in range(layers)), in_width, hidden,
                     out_dim, edge_out, node_out, tuple(value_scales), readout_bins)
+        self.readout_kind = readout
+        self.weight_stats = WeightStats(weight_stats_bins) if weight_stats_bins else None
+        if readout != "mean" or weight_stats_bins:   # a wider readout (the default is built by _build)
+            k = len(POOL_STATS) if readout == "pna" else 1
+            width = 4 * hidden + NUM_ROLES * readout_bins * k * hidden
+            if readout == "pna":
+                width += NUM_KINDS * readout_bins * k * hidden
+            if weight_stats_bins:
+                width += NUM_ROLES * weight_stats_bins * 8
+            self.readout = mlp([width, hidden, out_dim])
+
+    def _canonical(self, graphs):
+        if self.canonical is None:
+            return graphs
+        if not hasattr(graphs, "space"):
+            raise ValueError(f"GMN(canonical={self.canonical!r}) reads a SharedBatch (it needs the "
+                             f"weight space to canonicalise); got {type(graphs).__name__}")
+        ws = graphs.space
+        return graphs.with_state_dicts(canonicalize(ws, ws.state_dicts(graphs), self.canonical))
+
+    def fit_normalization(self, batches):
+        """Per-role standardisation of the weights (and, for the statistics path, of the
+        statistics) from ``batches`` (a training split)."""
+        batches = list(batches)
+        super().fit_normalization(batches)
+        if self.weight_stats is not None:
+            self.weight_stats.fit([GraphInput.of(self._canonical(b)) for b in batches])
+        return self
+
+    def forward(self, graphs) -> Tensor:
+        if self.readout_kind == "mean" and self.weight_stats is None:
+            return super().forward(graphs)
+        g, x, e = self.encode(graphs)
+        pooled = [g.pool_nodes(x), g.pool_edges(e)]
+        if self.readout_kind == "pna":
+            pooled += [g.pool_edges_by_group(e, self.readout_bins, POOL_STATS),
+                       g.pool_nodes_by_group(x, self.readout_bins, POOL_STATS)]
+        elif self.readout_bins:
+            pooled.append(g.pool_edges_by_group(e, self.readout_bins))
+        if self.weight_stats is not None:
+            pooled.append(self.weight_stats(g).to(x.dtype))
+        return self.readout(torch.cat(pooled, -1))
 
     def encode(self, graphs) -> tuple[GraphInput, Tensor, Tensor]:
-        if self.canonical is not None:
-            if not hasattr(graphs, "space"):
-                raise ValueError(f"GMN(canonical={self.canonical!r}) reads a SharedBatch (it needs the "
-                                 f"weight space to canonicalise); got {type(graphs).__name__}")
-            ws = graphs.space
-            graphs = graphs.with_state_dicts(canonicalize(ws, ws.state_dicts(graphs), self.canonical))
-        return super().encode(graphs)
+        return super().encode(self._canonical(graphs))

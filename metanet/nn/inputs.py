@@ -26,6 +26,7 @@ from ..graph.features import NODE_KINDS, ROLES
 
 NUM_ROLES = len(ROLES)
 NUM_KINDS = len(NODE_KINDS)
+POOL_STATS = ("mean", "std", "max", "min")   # what a readout may pool per group
 
 
 @dataclass
@@ -96,19 +97,46 @@ class GraphInput:
             return torch.cat([h.mean(-2), h.amax(-2)], -1)
         return _segment_pool(h, self.batch[self.edge_index[0]], self.num_graphs)
 
-    def pool_edges_by_group(self, h: Tensor, bins: int) -> Tensor:
-        """Mean of each graph's edges per (role, depth bin) group, zero for groups a
-        graph lacks: [B, NUM_ROLES * bins * F]. Roles and depths are the same for every
-        edge of a tensor, so the pooling is permutation invariant, and defined for any
-        architecture alike (for one architecture and enough bins: one group per layer)."""
+    def pool_edges_by_group(self, h: Tensor, bins: int, stats: tuple[str, ...] = ("mean",)) -> Tensor:
+        """``stats`` (of :data:`POOL_STATS`) of each graph's edges per (role, depth bin)
+        group, zero for groups a graph lacks: [B, NUM_ROLES * bins * len(stats) * F].
+        Roles and depths are the same for every edge of a tensor, so the pooling is
+        permutation invariant, and defined for any architecture alike (for one
+        architecture and enough bins: one group per layer)."""
         gid = self.edge_role * bins + (self.edge_geo[..., 0] * bins).long().clamp(0, bins - 1)
-        G = NUM_ROLES * bins
-        if self.shared:
-            out = scatter(h, gid.to(h.device), -2, G, reduce="mean")
-        else:
-            seg = self.batch[self.edge_index[0]] * G + gid
-            out = scatter(h, seg, 0, self.num_graphs * G, reduce="mean").view(self.num_graphs, G, -1)
-        return out.flatten(-2)
+        owner = None if self.shared else self.batch[self.edge_index[0]]
+        return self._pool_groups(h, gid, NUM_ROLES * bins, owner, stats)
+
+    def pool_nodes_by_group(self, h: Tensor, bins: int, stats: tuple[str, ...] = ("mean",)) -> Tensor:
+        """``stats`` of each graph's nodes per (node kind, depth bin) group:
+        [B, NUM_KINDS * bins * len(stats) * F]. A permutation moves neurons within a layer
+        (one kind and depth), so this too is invariant."""
+        gid = self.node_kind * bins + (self.node_depth[..., 0] * bins).long().clamp(0, bins - 1)
+        return self._pool_groups(h, gid, NUM_KINDS * bins, None if self.shared else self.batch, stats)
+
+    def _pool_groups(self, h: Tensor, gid: Tensor, G: int, owner: Tensor | None, stats) -> Tensor:
+        bad = [s for s in stats if s not in POOL_STATS]
+        if bad or not stats:
+            raise ValueError(f"pooling statistics must be some of {POOL_STATS}, got {tuple(stats)}")
+        gid = gid.to(h.device)
+        if self.shared:     # h [B, E, F]: groups along axis -2, one structure
+            seg, dim, n = gid, -2, G
+        else:               # h [E, F]: a group per (graph, group)
+            seg, dim, n = owner * G + gid, 0, self.num_graphs * G
+        mean = scatter(h, seg, dim, n, reduce="mean")
+        out = []
+        for s in stats:
+            if s == "mean":
+                out.append(mean)
+            elif s == "std":   # centred, then the root of the mean square (+ eps: finite gradients)
+                d = h - mean.index_select(dim, seg)
+                out.append((scatter(d * d, seg, dim, n, reduce="mean") + 1e-6).sqrt())
+            elif s == "max":
+                out.append(scatter(h, seg, dim, n, reduce="max"))
+            else:
+                out.append(-scatter(-h, seg, dim, n, reduce="max"))
+        out = torch.cat(out, -1)
+        return out.flatten(-2) if self.shared else out.view(self.num_graphs, G, -1).flatten(-2)
 
 
 def _segment_pool(h: Tensor, index: Tensor, n: int) -> Tensor:

@@ -44,6 +44,31 @@ def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
     return torch.where((count > 0).unsqueeze(-1), out, torch.zeros_like(out)).float()
 
 
+def weight_statistics(g: GraphInput, gid: Tensor, groups: int) -> Tensor:
+    """Statistics (:func:`segment_stats`) of the weight values of every graph of ``g``
+    per group id ``gid`` [E] in [0, groups), structural edges left out: [B, groups * 8]."""
+    keep = g.edge_role < _STRUCT        # weights only, not structural edges
+    ea = g.edge_attr
+    W = ea.shape[-1]
+    if g.shared:
+        B = ea.shape[0]
+        vals = ea[:, keep].reshape(-1)
+        gk = gid[keep]
+        seg = (torch.arange(B, device=ea.device).view(B, 1) * groups + gk.view(1, -1))
+        seg = seg.unsqueeze(-1).expand(B, len(gk), W).reshape(-1)
+    else:
+        B = g.num_graphs
+        eb = g.batch[g.edge_index[0]]
+        vals = ea[keep].reshape(-1)
+        seg = (eb[keep] * groups + gid[keep]).unsqueeze(-1).expand(-1, W).reshape(-1)
+        valid = g.valid()
+        if valid is not None:   # leave out the padding of a mixed batch
+            mask = valid[keep].reshape(-1)
+            vals, seg = vals[mask], seg[mask]
+    stats = segment_stats(vals, seg, B * groups)
+    return stats.reshape(B, -1)
+
+
 class StatNN(nn.Module, PyTorchModelHubMixin):
     """Weight statistics per (role, depth bin) or per tensor, standardised, into an MLP.
 
@@ -76,26 +101,7 @@ class StatNN(nn.Module, PyTorchModelHubMixin):
         else:
             depth_bin = (g.edge_geo[..., 0] * self.bins).long().clamp(0, self.bins - 1)
             gid = g.edge_role * self.bins + depth_bin
-        keep = g.edge_role < _STRUCT        # weights only, not structural edges
-        ea = g.edge_attr
-        W = ea.shape[-1]
-        if g.shared:
-            B = ea.shape[0]
-            vals = ea[:, keep].reshape(-1)
-            gk = gid[keep]
-            seg = (torch.arange(B, device=ea.device).view(B, 1) * self.groups + gk.view(1, -1))
-            seg = seg.unsqueeze(-1).expand(B, len(gk), W).reshape(-1)
-        else:
-            B = g.num_graphs
-            eb = g.batch[g.edge_index[0]]
-            vals = ea[keep].reshape(-1)
-            seg = (eb[keep] * self.groups + gid[keep]).unsqueeze(-1).expand(-1, W).reshape(-1)
-            valid = g.valid()
-            if valid is not None:   # leave out the padding of a mixed batch
-                mask = valid[keep].reshape(-1)
-                vals, seg = vals[mask], seg[mask]
-        stats = segment_stats(vals, seg, B * self.groups)
-        return stats.reshape(B, -1).to(self.feat_mean.dtype)
+        return weight_statistics(g, gid, self.groups).to(self.feat_mean.dtype)
 
     @torch.no_grad()
     def fit_normalization(self, batches) -> "StatNN":
