@@ -239,6 +239,105 @@ def curve_section(steps, workdir):
                       for h in res.history if "val_acc" in h])
 
 
+def finetune_rows(ghn, data, base, n_finetune):
+    """Fine-tuning from ``ghn``'s predicted parameters on the first ``n_finetune`` test
+    architectures of ``base``, with the baseline's optimizer and minibatches (as in
+    :func:`predict_init_section`): [{"curve", "trained", "kaiming"}]."""
+    from tasks.predict_init import build_arch
+
+    per_epoch, eval_every = base["steps_per_epoch"], base["eval_every"]
+    out = []
+    for j, b in enumerate(base["rows"][:n_finetune]):
+        model = build_arch((b["arch"], b["kwargs"]), seed=j)
+        with torch.no_grad():
+            ghn.load(model)
+        trained = b["kaiming"][-1][1]
+        out.append(dict(trained=trained, kaiming=b["kaiming"],
+                        curve=train_curve(model, data, b["kaiming"][-1][0], j, eval_every,
+                                          stop_at=0.95 * trained, min_steps=per_epoch)))
+    return out
+
+
+def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0, on_point=None):
+    """One GHN (``dec`` decoder, meta-batch 8, 300 training architectures, cosine over
+    ``steps``) meta-trained once; at each step of ``points`` the accuracy of its
+    predicted parameters with no training on every test architecture of ``base`` (the
+    main table's 50) against their trained accuracy; at the last point, fine-tuning
+    from it on the first ``n_finetune`` of them against Kaiming. The training pool is
+    the first 300 sampler seeds whose architecture is none of the test ones."""
+    from tasks.predict_init import PredictInitConfig, accuracy, build_arch, run, sample_archs
+    from zoo.data import load_dataset
+    from zoo.models import arch_key
+
+    data = load_dataset(dataset)
+    calib = data.x_train[:512]
+    test_keys = {arch_key(b["arch"], b["kwargs"]) for b in base["rows"]}
+    train_seeds, s = [], 0
+    while len(train_seeds) < 300:
+        if arch_key(*sample_archs(dataset, [s])[0]) not in test_keys:
+            train_seeds.append(s)
+        s += 1
+    models = [build_arch((b["arch"], b["kwargs"]), seed=j) for j, b in enumerate(base["rows"])]
+    trained = np.array([b["kaiming"][-1][1] for b in base["rows"]])
+    out = dict(dataset=dataset, decoder=dec, seed=seed, steps=steps, meta_batch=8, n_archs=300,
+               train_seeds_skipped=s - 300, trained_acc=float(trained.mean()), points=[])
+    t0 = time.time()
+    eval_s = [0.0]
+
+    def on_step(done, ghn):
+        if done not in points:
+            return
+        t1 = time.time()
+        ghn.eval()
+        acc = []
+        for m in models:
+            with torch.no_grad():
+                acc.append(accuracy(m, ghn.predict(m), data.x_test, data.y_test, calib))
+        acc = np.array(acc)
+        eval_s[0] += time.time() - t1
+        out["points"].append(dict(step=done, acc0=float(acc.mean()), ratio=float(acc.mean() / trained.mean()),
+                                  per_arch=[round(float(a), 4) for a in acc],
+                                  seconds=round(time.time() - t0, 1)))
+        log(f"  ratio curve {dataset} {dec} step {done}: acc0 {acc.mean():.3f} ratio "
+            f"{acc.mean() / trained.mean():.3f} ({time.time() - t0:.0f} s)")
+        if on_point is not None:
+            on_point(out)
+
+    res = run(PredictInitConfig(
+        dataset=dataset, out=str(workdir / f"ratio_{dataset}_{dec}"), steps=steps, meta_batch=8,
+        n_archs=300, train_seeds=tuple(train_seeds), val_archs=2, lr=3e-4, eval_every=steps,
+        ckpt_every=steps, seed=seed, resume=False, progress=False, ghn=dict(GHN_KW, **DECODERS[dec])),
+        on_step=on_step)
+    hist = res.history
+    for pt in out["points"]:
+        pt["loss"] = float(np.mean([h["loss"] for h in hist[max(0, pt["step"] - 50):pt["step"]]]))
+    out["meta_seconds"] = round(time.time() - t0 - eval_s[0], 1)
+    out["seconds_per_step"] = round(out["meta_seconds"] / steps, 3)
+    out["eval_seconds"] = round(eval_s[0], 1)
+    from metanet.hyper import GHN
+
+    ghn = GHN.from_pretrained(res.last_dir).eval()
+    out["ghn_params"] = sum(p.numel() for p in ghn.parameters())
+    t1 = time.time()
+    ft = finetune_rows(ghn, data, base, cfg["n_finetune"])
+    per_epoch = base["steps_per_epoch"]
+    k_steps = [steps_to(r["kaiming"], 0.95 * r["trained"]) for r in ft]
+    d_steps = [steps_to(r["curve"], 0.95 * r["trained"]) for r in ft]
+    both = [(d, k) for d, k in zip(d_steps, k_steps) if d is not None and k is not None]
+    out["finetune"] = dict(
+        n=len(ft), steps_per_epoch=per_epoch, seconds=round(time.time() - t1, 1),
+        trained_acc=float(np.mean([r["trained"] for r in ft])),
+        kaiming_acc_1ep=float(np.mean([at_step(r["kaiming"], per_epoch) for r in ft])),
+        ghn_acc_1ep=float(np.mean([at_step(r["curve"], per_epoch) for r in ft])),
+        kaiming_steps95=[k for k in k_steps], ghn_steps95=[d for d in d_steps],
+        steps95_ratio=(float(np.mean([d for d, _ in both]) / max(np.mean([k for _, k in both]), 1e-9))
+                       if both else None),
+        ghn_reached95=sum(d is not None for d in d_steps), kaiming_reached95=sum(k is not None for k in k_steps))
+    log(f"  ratio curve {dataset} {dec}: 1 epoch {out['finetune']['ghn_acc_1ep']:.3f} vs Kaiming "
+        f"{out['finetune']['kaiming_acc_1ep']:.3f}; steps ratio {out['finetune']['steps95_ratio']}")
+    return out
+
+
 # ----------------------------------------------------------------------- 2. decoder size
 def decoder_size_section(widths):
     from metanet.hyper import GHN
@@ -420,6 +519,67 @@ def mean_sd(v):
     return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
+def family_ratios(entry, base):
+    """Mean accuracy with no training / mean trained accuracy, per architecture family
+    and per normalisation kind, at the last point of a ratio-curve entry."""
+    acc = entry["points"][-1]["per_arch"]
+    groups = {}
+    for a, b in zip(acc, base["rows"]):
+        for key in (f"family {b['arch']}", f"norm {b['kwargs'].get('norm', 'none')}"):
+            groups.setdefault(key, []).append((a, b["kaiming"][-1][1]))
+    return {k: dict(n=len(v), acc0=float(np.mean([a for a, _ in v])), trained=float(np.mean([t for _, t in v])),
+                    ratio=float(np.mean([a for a, _ in v]) / max(np.mean([t for _, t in v]), 1e-9)))
+            for k, v in sorted(groups.items())}
+
+
+def ratio_curve_md(res):
+    rc = res["ratio_curve"]
+    steps = rc[0]["steps"]
+    L = ["## Meta-training length: predicted / trained on the test architectures", "",
+         f"One GHN per dataset and decoder ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, {GHN_KW['layers']} layers; "
+         f"seed 0; meta-batch 8, one minibatch of 64 per step; 300 training architectures: the first 300 sampler "
+         f"seeds whose architecture is none of the test ones; AdamW, peak lr 3e-4, 50 warm-up steps then cosine "
+         f"over {steps} steps), meta-trained once. At each listed step its predicted parameters are evaluated with "
+         "no training on the same 50 unseen test architectures as the main table, against their trained accuracy "
+         "(the main table's baseline, read from the JSON). The points before the last are the same run's "
+         "intermediate states (its learning rate not yet annealed), not separate runs of that length. One seed.",
+         "", "| dataset | decoder | meta-training steps | accuracy, no training | predicted / trained | "
+         "training loss (mean of the last 50 steps) |", "|---|---|---|---|---|---|"]
+    for e in rc:
+        for pt in e["points"]:
+            L.append(f"| {e['dataset']} | {e['decoder']} | {pt['step']} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
+                     f"{pt.get('loss', float('nan')):.3f} |")
+    L += ["", "Time: " + "; ".join(
+        f"{e['dataset']} {e['decoder']} {e['seconds_per_step']:.2f} s per meta-step ({e['meta_seconds']:.0f} s "
+        f"meta-training, {e['eval_seconds']:.0f} s evaluating)" for e in rc if "seconds_per_step" in e) + ".", ""]
+    done = [e for e in rc if "finetune" in e]
+    if done:
+        L += ["Fine-tuning from the GHN at its last step (first 8 test architectures; same optimizer and "
+              "minibatches as the baseline; Kaiming from the baseline's runs):", "",
+              "| dataset | decoder | steps | 1 epoch: GHN | Kaiming | GHN minus Kaiming | steps to 95% of trained: "
+              "ratio GHN / Kaiming (both reached) | reached: GHN | Kaiming |", "|---|---|---|---|---|---|---|---|---|"]
+        for e in done:
+            f = e["finetune"]
+            sr = "n/a" if f["steps95_ratio"] is None else f"{f['steps95_ratio']:.3f}"
+            L.append(f"| {e['dataset']} | {e['decoder']} | {e['steps']} | {f['ghn_acc_1ep']:.3f} | "
+                     f"{f['kaiming_acc_1ep']:.3f} | {f['ghn_acc_1ep'] - f['kaiming_acc_1ep']:+.3f} | {sr} | "
+                     f"{f['ghn_reached95']}/{f['n']} | {f['kaiming_reached95']}/{f['n']} |")
+        L.append("")
+    bases = {t["dataset"]: t for t in res.get("trained", [])}
+    fam = [(e, family_ratios(e, bases[e["dataset"]])) for e in rc if e["dataset"] in bases and e["points"]]
+    if fam:
+        L += ["Per architecture family and normalisation kind, at each GHN's last evaluated step "
+              "(mean accuracy with no training / mean trained accuracy of that group):", "",
+              "| dataset | decoder | step | group | architectures | accuracy, no training | trained | ratio |",
+              "|---|---|---|---|---|---|---|---|"]
+        for e, g in fam:
+            for k, v in g.items():
+                L.append(f"| {e['dataset']} | {e['decoder']} | {e['points'][-1]['step']} | {k} | {v['n']} | "
+                         f"{v['acc0']:.3f} | {v['trained']:.3f} | {v['ratio']:.3f} |")
+        L.append("")
+    return L
+
+
 def write_md(res, path, cmd):
     c = res["config"]
     load = res.get("load", [])
@@ -458,11 +618,9 @@ def write_md(res, path, cmd):
             L += [f"**{len(runs)} of {c['seeds']} seeds finished** (the run was stopped before the rest).", ""]
         if base:
             t = base[0]
-            curves = [r["kaiming"] for r in t["rows"]]
-            two_thirds = t["epochs"] * t["steps_per_epoch"] * 2 // 3
             L += [f"Trained baseline: {t['trained_acc']:.3f} mean accuracy over {t['n_test']} architectures "
                   f"after {t['epochs']} epochs (at two thirds of the epochs: "
-                  f"{np.mean([at_step(cv, two_thirds) for cv in curves]):.3f}); "
+                  f"{t.get('acc_two_thirds', two_thirds_acc(t)):.3f}); "
                   f"{t['seconds']:.0f} s for all of them.", ""]
         L += ["| init | accuracy, no training (all test archs) | ratio to trained (mean accuracy / mean trained) |",
               "|---|---|---|"]
@@ -522,6 +680,8 @@ def write_md(res, path, cmd):
         for (st, a), (_, l) in zip(cv["val"], cv["loss"]):
             L.append(f"| {st} | {a:.3f} | {l:.3f} |")
         L.append("")
+    if res.get("ratio_curve"):
+        L += ratio_curve_md(res)
     L += ["## Decoder size as the widest predicted layer grows", "",
           "Tiled: block = width (predicts a layer of that width without copies); low-rank: "
           "max_width = width, rank 16. Both with kernel 3 and hid 64.", "",
@@ -555,14 +715,77 @@ def write_md(res, path, cmd):
     Path(path).write_text("\n".join(L) + "\n")
 
 
+def _rounded(x):
+    """Floats to 7 significant digits; accuracy curves ([step, accuracy] pairs) to 4
+    decimals, which keeps every accuracy on test sets of up to 5,000 examples distinct."""
+    if isinstance(x, float):
+        return float(f"{x:.7g}") if math.isfinite(x) else x
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        if x and all(isinstance(u, (list, tuple)) and len(u) == 2 and isinstance(u[0], int)
+                     and isinstance(u[1], float) for u in x):
+            return [[u[0], round(u[1], 4)] for u in x]
+        return [_rounded(v) for v in x]
+    return x
+
+
+def compact(res):
+    """The results as stored: :func:`_rounded`, and the per-architecture facts (name,
+    kwargs, trained accuracy) only in ``trained[*].rows``; the rows of a
+    ``predict_init`` entry are index-aligned with its dataset's ``trained`` rows. The
+    trained baseline's mean accuracy at two thirds of its epochs (shown on the page) is
+    stored from the unrounded curves."""
+    res = dict(res, trained=[dict(t) for t in res.get("trained", [])])
+    for t in res["trained"]:
+        t.setdefault("acc_two_thirds", two_thirds_acc(t))
+    out = _rounded(res)
+    for r in out.get("predict_init", []):
+        for row in r.get("rows", []):
+            row.pop("arch", None)
+            row.pop("trained", None)
+    return out
+
+
+def two_thirds_acc(t):
+    two_thirds = t["epochs"] * t["steps_per_epoch"] * 2 // 3
+    return float(np.mean([at_step(r["kaiming"], two_thirds) for r in t["rows"]]))
+
+
+def dumps(obj, indent=0):
+    """JSON with one line per list of numbers (or of number pairs), nested dicts
+    indented: small and still readable in a diff."""
+    flat = lambda v: not isinstance(v, (dict, list)) or (isinstance(v, list) and all(
+        not isinstance(u, (dict, list)) or (isinstance(u, list) and all(not isinstance(w, (dict, list)) for w in u))
+        for u in v))
+    if flat(obj):
+        return json.dumps(obj, separators=(",", ":"))
+    pad, inner = " " * indent, " " * (indent + 1)
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(k)}: {dumps(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}" if items else "{}"
+    items = [f"{inner}{dumps(v, indent + 1)}" for v in obj]
+    return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+
+
+def save_json(res, path):
+    Path(path).write_text(dumps(compact(res)) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed")
     ap.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"])
     ap.add_argument("--skip", nargs="*", default=[], choices=["predict", "size", "mip", "scale"])
-    ap.add_argument("--md-only", action="store_true", help="rewrite the Markdown from the JSON")
+    ap.add_argument("--md-only", action="store_true",
+                    help="rewrite the Markdown from the JSON (and the JSON in its compact form)")
     ap.add_argument("--curve", type=int, default=0, metavar="STEPS",
                     help="also meta-train one GHN for STEPS steps and record validation accuracy against steps")
+    ap.add_argument("--ratio-curve", type=int, default=0, metavar="STEPS",
+                    help="meta-train one GHN per dataset and decoder for STEPS steps and measure predicted/trained "
+                         "accuracy on the test architectures at --ratio-points")
+    ap.add_argument("--ratio-points", type=int, nargs="+", default=[250, 500, 1000, 1500, 2000, 3000, 4000])
+    ap.add_argument("--ratio-decoders", nargs="+", default=["tiled", "lowrank"], choices=list(DECODERS))
     ap.add_argument("--keep", action="store_true",
                     help="keep the skipped sections' results from the existing JSON")
     args = ap.parse_args(argv)
@@ -586,6 +809,7 @@ def main(argv=None):
     cmd = " ".join(["python benchmarks/hyper.py", *(argv if argv is not None else sys.argv[1:])])
     if args.md_only:
         old = json.loads(out_json.read_text())
+        save_json(old, out_json)
         write_md(old, out_md, old.get("command", cmd))
         return
     res["command"] = cmd
@@ -601,7 +825,7 @@ def main(argv=None):
     def save():
         res["seconds"] = time.time() - t0
         res.setdefault("load", []).append(round(os.getloadavg()[0], 2))
-        out_json.write_text(json.dumps(res, indent=1))
+        save_json(res, out_json)
         write_md(res, out_md, cmd)
 
     if "size" not in args.skip:
@@ -619,6 +843,9 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             res["curve"] = curve_section(args.curve, Path(tmp))
         save()
+    elif args.keep and out_json.exists() and old.get("curve"):
+        res["curve"] = old["curve"]
+        res.setdefault("sources", {})["curve"] = old.get("sources", {}).get("curve") or old.get("command")
     if "predict" not in args.skip:
         bases = {}
         for ds in args.datasets:          # the baselines first: every seed below reuses them
@@ -635,6 +862,30 @@ def main(argv=None):
                     log(f"{ds} seed {seed}: trained {r['trained_acc']:.3f} kaiming {r['kaiming_acc0']:.3f} "
                         + " ".join(f"{d} {r[f'{d}_acc0']:.3f}" for d in DECODERS))
                     save()
+    if args.ratio_curve:
+        points = sorted({p for p in args.ratio_points if p < args.ratio_curve} | {args.ratio_curve})
+        res["ratio_curve"] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for dec in args.ratio_decoders:
+                for ds in args.datasets:
+                    base = next((t for t in res["trained"] if t["dataset"] == ds), None)
+                    if base is None:
+                        base = trained_section(ds, cfg)
+                        res["trained"].append(base)
+                    entry = {}
+
+                    def on_point(out, entry=entry):
+                        if not entry:
+                            res["ratio_curve"].append(entry)
+                        entry.clear()
+                        entry.update(out)
+                        save()
+
+                    on_point(ratio_curve_section(ds, dec, args.ratio_curve, points, cfg, base, Path(tmp),
+                                                 on_point=on_point))
+    elif args.keep and out_json.exists() and old.get("ratio_curve"):
+        res["ratio_curve"] = old["ratio_curve"]
+        res.setdefault("sources", {})["ratio_curve"] = old.get("sources", {}).get("ratio_curve") or old.get("command")
     save()
     log(f"wrote {out_json} ({res['seconds']:.0f} s)")
 

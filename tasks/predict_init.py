@@ -70,6 +70,8 @@ class PredictInitConfig:
     grad_clip: float = 5.0
     loss_cap: float = 5.0             # an architecture's loss above this is scaled down to it
     n_archs: int = 300                # training architectures (sampler seeds 0..n_archs-1)
+    train_seeds: tuple = ()           # if given, these sampler seeds instead of 0..n_archs-1
+                                      # (e.g. to leave out architectures kept for testing)
     val_archs: int = 16               # validation architectures (seeds VAL_SEED0...)
     eval_every: int = 100
     ckpt_every: int = 100
@@ -85,6 +87,11 @@ class PredictInitConfig:
         for name in ("steps", "meta_batch", "batch_size", "n_archs", "eval_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.train_seeds:
+            if len(set(self.train_seeds)) != len(self.train_seeds):
+                raise ValueError("train_seeds must not repeat a seed")
+            if len(self.train_seeds) != self.n_archs:
+                raise ValueError(f"n_archs ({self.n_archs}) must equal len(train_seeds) ({len(self.train_seeds)})")
 
 
 @dataclass
@@ -244,7 +251,11 @@ def _atomic_dir(save, final: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- run
-def run(config: PredictInitConfig) -> PredictInitResult:
+def run(config: PredictInitConfig, on_step=None) -> PredictInitResult:
+    """Meta-train as ``config`` says. ``on_step(step, ghn)``, if given, is called on the
+    main process after every step (``step`` counts the steps done), e.g. to evaluate
+    the GHN at chosen steps of one run; the global torch random state is restored after
+    it, so a hook does not change the run."""
     from tqdm.auto import tqdm
 
     from metanet.hyper import GHN
@@ -262,7 +273,7 @@ def run(config: PredictInitConfig) -> PredictInitResult:
     xs, ys = data.x_train, data.y_train
 
     # architectures: training pool built lazily (traced on first use), validation fixed
-    train_archs = sample_archs(cfg.dataset, range(cfg.n_archs))
+    train_archs = sample_archs(cfg.dataset, cfg.train_seeds or range(cfg.n_archs))
     pool: dict[int, nn.Module] = {}
 
     def model_of(i: int) -> nn.Module:
@@ -349,6 +360,11 @@ def run(config: PredictInitConfig) -> PredictInitResult:
                                        (d / "state.json").write_text(json.dumps(dict(state, step=done)))),
                             best_dir)
         history.append(rec)
+        if main and on_step is not None:
+            rng_state = torch.get_rng_state()
+            on_step(done, ghn)
+            torch.set_rng_state(rng_state)
+            ghn.train()
         bar.set_postfix(loss=f"{rec['loss']:.3f}", val=f"{val_acc:.3f}")
         if main and (done % cfg.ckpt_every == 0 or done == cfg.steps or done == cfg.stop_at):
             save(done)

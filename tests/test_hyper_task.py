@@ -200,3 +200,43 @@ def test_shapes32_setting_samples_32x32_architectures(tmp_path):
 def test_shapes32_meta_training_runs(tmp_path):
     res = run(PredictInitConfig(dataset="shapes32", out=str(tmp_path / "s32"), **TINY))
     assert [h["step"] for h in res.history] == [1, 2, 3, 4] and 0.0 <= res.best_val_acc <= 1.0
+
+
+def test_step_hook_sees_every_step_and_leaves_the_run_unchanged(tmp_path):
+    seen = []
+
+    def hook(step, ghn):
+        seen.append((step, ghn.training))
+        ghn.eval()
+        torch.randn(100)          # consumes global random state: must not change the run
+
+    plain = run(PredictInitConfig(out=str(tmp_path / "plain"), **TINY))
+    hooked = run(PredictInitConfig(out=str(tmp_path / "hooked"), **TINY), on_step=hook)
+    assert seen == [(1, True), (2, True), (3, True), (4, True)]
+    assert [h["loss"] for h in hooked.history] == [h["loss"] for h in plain.history]
+    a = load_file(tmp_path / "plain/last/model.safetensors")
+    b = load_file(tmp_path / "hooked/last/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_seeds_choose_the_training_architectures(tmp_path, monkeypatch):
+    import tasks.predict_init as pi
+
+    built = []
+    real = pi.build_arch
+
+    def spy(arch, seed=None):
+        built.append(arch)
+        return real(arch, seed)
+
+    monkeypatch.setattr(pi, "build_arch", spy)
+    seeds = (11, 23, 42)
+    run(PredictInitConfig(out=str(tmp_path), **dict(TINY, val_archs=1, steps=6), train_seeds=seeds))
+    wanted = sample_archs("digits", seeds)
+    training = [a for a in built if a not in sample_archs("digits", [pi.VAL_SEED0])]
+    assert training and all(a in wanted for a in training)
+    assert not any(a in training for a in sample_archs("digits", range(3)) if a not in wanted)
+    with pytest.raises(ValueError, match="n_archs"):
+        PredictInitConfig(train_seeds=(1, 2), n_archs=3)
+    with pytest.raises(ValueError, match="repeat"):
+        PredictInitConfig(train_seeds=(1, 1, 2), n_archs=3)
