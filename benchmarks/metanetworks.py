@@ -203,6 +203,8 @@ GMN_VARIANTS = {
     "gmn_pna_hybrid": {"readout": "pna", "weight_stats_bins": 8},
     "gmn_maggr": {"aggr": ("mean", "max", "std")},     # PNA-like message aggregation
     "gmn_maggr_pna_hybrid": {"aggr": ("mean", "max", "std"), "readout": "pna", "weight_stats_bins": 8},
+    "gmn_hybrid_sum": {"weight_stats_bins": 8, "weight_stats_fusion": "sum"},   # StatNN's MLP + GMN's readout
+    "gmn_pna_hybrid_sum": {"readout": "pna", "weight_stats_bins": 8, "weight_stats_fusion": "sum"},
 }
 
 
@@ -457,7 +459,9 @@ def write_markdown(res: dict, path: Path) -> None:
              "gmn_pna": "GMN, PNA readout", "gmn_hybrid": "GMN + weight statistics (hybrid)",
              "gmn_pna_hybrid": "GMN, PNA readout + weight statistics (hybrid)",
              "gmn_maggr": "GMN, mean/max/std aggregation",
-             "gmn_maggr_pna_hybrid": "GMN, mean/max/std aggregation, PNA readout + weight statistics (hybrid)"}
+             "gmn_maggr_pna_hybrid": "GMN, mean/max/std aggregation, PNA readout + weight statistics (hybrid)",
+             "gmn_hybrid_sum": "GMN + StatNN (hybrid: outputs summed)",
+             "gmn_pna_hybrid_sum": "GMN, PNA readout + StatNN (hybrid: outputs summed)"}
     if res.get("accuracy"):
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names)

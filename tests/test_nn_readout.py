@@ -14,6 +14,7 @@ from metanet.nn.inputs import GraphInput
 
 OPTIONS = {"pna": dict(readout="pna"), "hybrid": dict(weight_stats_bins=4),
            "maggr": dict(aggr=("mean", "max", "std")),
+           "hybrid_sum": dict(readout="pna", weight_stats_bins=4, weight_stats_fusion="sum"),
            "all": dict(readout="pna", weight_stats_bins=8, aggr=("mean", "max", "std"))}
 CASES = [("mlp_relu", "param"), ("small_cnn", "compact"), ("resnet_basic", "param"), ("gpt", "compact")]
 
@@ -139,6 +140,8 @@ def test_bad_options_are_refused():
         GMN(readout="pna", readout_bins=0)
     with pytest.raises(ValueError, match="weight_stats_bins"):
         GMN(weight_stats_bins=-1)
+    with pytest.raises(ValueError, match="weight_stats_fusion"):
+        GMN(weight_stats_bins=4, weight_stats_fusion="product")
     g = shared("small_cnn", stack("small_cnn"))
     with pytest.raises(ValueError, match="pooling statistics"):
         GraphInput.of(g).pool_edges_by_group(torch.zeros(3, g.edge_attr.shape[1], 4), 2, ("median",))

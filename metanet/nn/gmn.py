@@ -140,12 +140,16 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
         weight_stats_bins: > 0 makes the model a hybrid: the readout also reads StatNN's
             statistics of the input weights per (role, depth bin) with this many depth bins
             (:class:`WeightStats`, of the canonical forms when ``canonical`` is set); 0: off.
+        weight_stats_fusion: how the hybrid reads them: "concat" (beside the pooled
+            features, into the readout MLP) or "sum" (StatNN's own MLP on them, its output
+            added to the readout's: the message passing learns a correction to StatNN).
     """
 
     def __init__(self, in_width: int = 1, hidden: int = 64, layers: int = 3, out_dim: int = 1,
                  edge_out: int | None = None, node_out: int = 1, aggr: str = "mean",
                  canonical: str | None = None, value_scales: tuple[float, ...] = (1.0, 10.0, 100.0),
-                 readout_bins: int = 4, readout: str = "mean", weight_stats_bins: int = 0):
+                 readout_bins: int = 4, readout: str = "mean", weight_stats_bins: int = 0,
+                 weight_stats_fusion: str = "concat"):
         super().__init__()
         if canonical not in (None, "scale", "sign", "both"):
             raise ValueError(f"canonical must be None, 'scale', 'sign' or 'both', got {canonical!r}")
@@ -155,20 +159,27 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
             raise ValueError("readout='pna' pools per (role, depth bin) group: give readout_bins >= 1")
         if weight_stats_bins < 0:
             raise ValueError(f"weight_stats_bins must be >= 0, got {weight_stats_bins}")
+        if weight_stats_fusion not in ("concat", "sum"):
+            raise ValueError(f"weight_stats_fusion must be 'concat' or 'sum', got {weight_stats_fusion!r}")
         self.canonical = canonical
         aggr = aggr if isinstance(aggr, str) else tuple(aggr)
         self._build(nn.ModuleList(GMNLayer(hidden, aggr) for _ in range(layers)), in_width, hidden,
                     out_dim, edge_out, node_out, tuple(value_scales), readout_bins)
         self.readout_kind = readout
         self.weight_stats = WeightStats(weight_stats_bins) if weight_stats_bins else None
-        if readout != "mean" or weight_stats_bins:   # a wider readout (the default is built by _build)
+        self.stats_fusion = weight_stats_fusion
+        concat = weight_stats_bins and weight_stats_fusion == "concat"
+        if readout != "mean" or concat:   # a wider readout (the default is built by _build)
             k = len(POOL_STATS) if readout == "pna" else 1
             width = 4 * hidden + NUM_ROLES * readout_bins * k * hidden
             if readout == "pna":
                 width += NUM_KINDS * readout_bins * k * hidden
-            if weight_stats_bins:
+            if concat:
                 width += NUM_ROLES * weight_stats_bins * 8
             self.readout = mlp([width, hidden, out_dim])
+        if weight_stats_bins and weight_stats_fusion == "sum":   # StatNN's MLP (as build_model sizes it)
+            h = max(hidden, 32)
+            self.stats_head = mlp([NUM_ROLES * weight_stats_bins * 8, h, h, out_dim], act=nn.ReLU)
 
     def _canonical(self, graphs):
         if self.canonical is None:
@@ -198,9 +209,12 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
                        g.pool_nodes_by_group(x, self.readout_bins, POOL_STATS)]
         elif self.readout_bins:
             pooled.append(g.pool_edges_by_group(e, self.readout_bins))
-        if self.weight_stats is not None:
-            pooled.append(self.weight_stats(g).to(x.dtype))
-        return self.readout(torch.cat(pooled, -1))
+        if self.weight_stats is None:
+            return self.readout(torch.cat(pooled, -1))
+        stats = self.weight_stats(g).to(x.dtype)
+        if self.stats_fusion == "sum":
+            return self.readout(torch.cat(pooled, -1)) + self.stats_head(stats)
+        return self.readout(torch.cat(pooled + [stats], -1))
 
     def encode(self, graphs) -> tuple[GraphInput, Tensor, Tensor]:
         return super().encode(self._canonical(graphs))
