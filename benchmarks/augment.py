@@ -568,7 +568,7 @@ def main() -> None:
                     help="comma-separated subset of barrier,time,throughput,gmn_accuracy,gmn_inr")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", default=None,
-                    help="GMN seeds: a count N (seeds 0..N-1; default 3, 1 with --quick) or a list (1,2)")
+                    help="GMN seeds: a count N (seeds 0..N-1; default 3, 1 with --quick) or a list (1,2; one seed: 2,)")
     ap.add_argument("--epochs", type=int, default=None, help="GMN epochs (default 25; 4 with --quick)")
     ap.add_argument("--augs", default=None,
                     help="GMN augmentations, comma-separated (default: all of the task's); each 'none' or steps "
@@ -638,8 +638,11 @@ def main() -> None:
             results[key] = dict(res, commands=commands + [this])
             save()
 
-        seed_list = [int(x) for x in args.seeds.split(",")] if args.seeds and "," in args.seeds else None
+        seed_list = [int(x) for x in args.seeds.split(",") if x] if args.seeds and "," in args.seeds else None
         n_seeds = int(args.seeds) if args.seeds and seed_list is None else None
+        if n_seeds is not None and n_seeds < 1:
+            raise SystemExit(f"--seeds {args.seeds}: a count of seeds is at least 1 (one seed by its number: "
+                             f"--seeds {args.seeds},)")
         res = part_gmn(task, args.quick, n_seeds, args.epochs, augs, fractions, args.augs_up_to,
                        seed_list=seed_list, previous=previous, on_result=keep)
         keep(res)
