@@ -432,6 +432,91 @@ def _fmt(v, nd=4):
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _gmn_section(r: dict) -> list[str]:
+    what = "test accuracy (Kendall τ)" if r["score"] == "kendall_tau" else "the digit of an INR (accuracy)"
+    kind = f"GMN ({', '.join(f'{k}={v!r}' for k, v in r['gmn'].items())})" if r.get("gmn") else "GMN"
+    lines = [f"## {kind} predicting {what}: {r['zoo']} {r['where']}", "",
+              f"{r['networks']} checkpoints; train {r['train']}, test {r['test']} (split by {r.get('split_by', 'job')}); "
+              + (f"{r['steps']} optimizer steps of {r['batch']} networks at every fraction ({r['epochs']} epochs "
+                 f"of the full training split, a cosine schedule); " if "steps" in r else f"{r['epochs']} epochs; ")
+              + f"seeds {r['seeds']}; score on the test split, mean ± std over seeds.", ""]
+    sc = r["score_by_fraction"]
+    fracs = sorted(sc, key=float)  # noqa
+    augs = list(dict.fromkeys(a for f in fracs for a in sc[f]))
+    full = len(r["seeds"])
+    base10 = statistics.mean(sc["0.1"]["none"]) if "none" in sc.get("0.1", {}) else None
+    base100 = statistics.mean(sc["1.0"]["none"]) if "none" in sc.get("1.0", {}) else None
+    gap = base100 - base10 if base10 is not None and base100 is not None else None
+    if r.get("commands"):
+        lines += ["Measured by (each command adds or replaces its cells; same settings):", ""]
+        lines += [f"- `{c['command']}` ({c['date']}, {c['machine']})" for c in r["commands"] if c]
+        lines.append("")
+    share_col = gap is not None and gap > 0
+    lines += ["| augmentation | " + " | ".join(f"{float(f):.0%} of training networks" for f in fracs)
+              + (" | share of the gap recovered at 10% |" if share_col else " |"),
+              "|---|" + "---|" * (len(fracs) + share_col)]
+    for aug in augs:
+        cells = []
+        for f in fracs:
+            v = sc[f].get(aug, [])
+            n = f" (n={len(v)})" if v and len(v) != full else ""
+            cells.append(f"{statistics.mean(v):.4f} ± {statistics.pstdev(v):.4f}{n}" if v else "—")
+        if share_col:
+            v = sc.get("0.1", {}).get(aug)
+            cells.append(f"{(statistics.mean(v) - base10) / gap:.0%}" if v and aug != "none" else "")
+        lines.append(f"| {aug} | " + " | ".join(cells) + " |")
+    if any("+" in a or ":" in a for a in augs):
+        lines += ["", "`a+b`: a, then b, on every batch; `name:key=value`: that transform's option (alpha: "
+                  "MixUp's Beta(α, α); prob: the probability that a network is transformed (mixed, for "
+                  "MixUp); sigma: the noise's scale relative to each tensor's spread). mixup_align mixes "
+                  "partners from the training stack aligned once to one reference network ahead of "
+                  "training; a step after it transforms the mixed networks."]
+    if base10 is not None and base100 is not None:
+        done = [(statistics.mean(v), a) for a, v in sc["0.1"].items() if a != "none" and len(v) == full]
+        best = max(done) if done else (float("nan"), "—")
+        share = (best[0] - base10) / gap if gap > 0 else float("nan")
+        if any("permutation" in a for a in augs):
+            lines += ["", "GMN is permutation invariant by construction, so the permutation augmentation changes "
+                      "its inputs only up to the order of float sums: where its row differs from no augmentation, "
+                      "that rounding, grown over training, is all it measures (a yardstick for the seed-to-seed "
+                      "spread of one run)."]
+        if r.get("gmn", {}).get("canonical") in ("sign", "both") and "sign_flip" in augs:
+            lines += ["", "This GMN reads canonical forms under the sign-flip groups, so it is invariant to the "
+                      "sign-flip augmentation (its row repeats no augmentation's). The SIREN bias shift adds "
+                      "multiples of π/ω₀ (about 0.1 at ω₀ = 30) to biases that start at zero in this zoo "
+                      "(DWSNets' init) and move little: the function is kept, but the shifted networks lie far "
+                      "from every network the model is tested on."]
+        if gap <= 0:
+            lines += ["", f"No gap to recover: without augmentation GMN scores {base10:.4f} at 10% and "
+                      f"{base100:.4f} at 100% of the training networks."]
+        else:
+            lines += ["", f"At 10% of the data the best augmentation over {full} seeds ({best[1]}, "
+                      f"{best[0]:.4f}) recovers {share:.0%} of the gap between no augmentation at 10% "
+                      f"({base10:.4f}) and at 100% ({base100:.4f}); the issue's target is at least 50% "
+                      f"({'met' if share >= 0.5 else 'not met'}). Every configuration run at these settings is "
+                      f"in the table: the best of {len(done)} is picked after the fact, so its share is "
+                      f"an optimistic estimate."]
+    lines.append("")
+    return lines
+
+
+def _screens(results: dict, keys: list[str]) -> list[str]:
+    """Screening runs of one task (other training lengths), one row per run and cell."""
+    lines = ["Screening runs (the training length; one table row per cell measured):", "",
+             "| run | epochs | optimizer steps | augmentation | fraction | seeds | score | command (load) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in keys:
+        r = results[key]
+        cmd = "; ".join(f"`{c['command']}` ({c['machine'].split('load average ')[-1]})" for c in r.get("commands", []) if c)
+        for f in sorted(r["score_by_fraction"], key=float):
+            for aug, v in r["score_by_fraction"][f].items():
+                who = r.get("seeds_by_fraction", {}).get(f, {}).get(aug, r["seeds"][:len(v)])
+                lines.append(f"| {key.split('@', 1)[1]} | {r['epochs']} | {r['steps']} | {aug} | {float(f):.0%} | {who} | "
+                             f"{statistics.mean(v):.4f}" + (f" ± {statistics.pstdev(v):.4f}" if len(v) > 1 else "")
+                             + f" | {cmd} |")
+    return lines + [""]
+
+
 def write_report(results: dict) -> None:
     lines = ["# Augmentation and alignment benchmark", "",
              "Written by `python benchmarks/augment.py --report-only` from benchmarks/results/augment.json. "
@@ -477,77 +562,17 @@ def write_report(results: dict) -> None:
                   "| transform | networks/s |", "|---|---|"]
         lines += [f"| {k} | {v:,.0f} |" for k, v in r["networks_per_s"].items()]
         lines.append("")
-    keys = [k for t in TASKS for k in [f"gmn_{t}"] + sorted(x for x in results if x.startswith(f"gmn_{t}@"))
-            if k in results]
-    for key in keys:
-        r = results[key]
-        what = "test accuracy (Kendall τ)" if r["score"] == "kendall_tau" else "the digit of an INR (accuracy)"
-        kind = f"GMN ({', '.join(f'{k}={v!r}' for k, v in r['gmn'].items())})" if r.get("gmn") else "GMN"
-        screen = f" — screening run `{key.split('@', 1)[1]}`" if "@" in key else ""
-        lines += [f"##{'#' if screen else ''} {kind} predicting {what}: {r['zoo']} {r['where']}{screen}", "",
-                  f"{r['networks']} checkpoints; train {r['train']}, test {r['test']} (split by {r.get('split_by', 'job')}); "
-                  + (f"{r['steps']} optimizer steps of {r['batch']} networks at every fraction ({r['epochs']} epochs "
-                     f"of the full training split, a cosine schedule); " if "steps" in r else f"{r['epochs']} epochs; ")
-                  + f"seeds {r['seeds']}; score on the test split, mean ± std over seeds.", ""]
-        sc = r["score_by_fraction"]
-        fracs = sorted(sc, key=float)
-        augs = list(dict.fromkeys(a for f in fracs for a in sc[f]))
-        full = len(r["seeds"])
-        base10 = statistics.mean(sc["0.1"]["none"]) if "none" in sc.get("0.1", {}) else None
-        base100 = statistics.mean(sc["1.0"]["none"]) if "none" in sc.get("1.0", {}) else None
-        gap = base100 - base10 if base10 is not None and base100 is not None else None
-        if r.get("commands"):
-            lines += ["Measured by (each command adds or replaces its cells; same settings):", ""]
-            lines += [f"- `{c['command']}` ({c['date']}, {c['machine']})" for c in r["commands"] if c]
-            lines.append("")
-        share_col = gap is not None and gap > 0
-        lines += ["| augmentation | " + " | ".join(f"{float(f):.0%} of training networks" for f in fracs)
-                  + (" | share of the gap recovered at 10% |" if share_col else " |"),
-                  "|---|" + "---|" * (len(fracs) + share_col)]
-        for aug in augs:
-            cells = []
-            for f in fracs:
-                v = sc[f].get(aug, [])
-                n = f" (n={len(v)})" if v and len(v) != full else ""
-                cells.append(f"{statistics.mean(v):.4f} ± {statistics.pstdev(v):.4f}{n}" if v else "—")
-            if share_col:
-                v = sc.get("0.1", {}).get(aug)
-                cells.append(f"{(statistics.mean(v) - base10) / gap:.0%}" if v and aug != "none" else "")
-            lines.append(f"| {aug} | " + " | ".join(cells) + " |")
-        if any("+" in a or ":" in a for a in augs):
-            lines += ["", "`a+b`: a, then b, on every batch; `name:key=value`: that transform's option (alpha: "
-                      "MixUp's Beta(α, α); prob: the probability that a network is transformed (mixed, for "
-                      "MixUp); sigma: the noise's scale relative to each tensor's spread). mixup_align mixes "
-                      "partners from the training stack aligned once to one reference network ahead of "
-                      "training; a step after it transforms the mixed networks."]
-        if base10 is not None and base100 is not None:
-            done = [(statistics.mean(v), a) for a, v in sc["0.1"].items() if a != "none" and len(v) == full]
-            best = max(done) if done else (float("nan"), "—")
-            share = (best[0] - base10) / gap if gap > 0 else float("nan")
-            if any("permutation" in a for a in augs):
-                lines += ["", "GMN is permutation invariant by construction, so the permutation augmentation changes "
-                          "its inputs only up to the order of float sums: where its row differs from no augmentation, "
-                          "that rounding, grown over training, is all it measures (a yardstick for the seed-to-seed "
-                          "spread of one run)."]
-            if r.get("gmn", {}).get("canonical") in ("sign", "both") and "sign_flip" in augs:
-                lines += ["", "This GMN reads canonical forms under the sign-flip groups, so it is invariant to the "
-                          "sign-flip augmentation (its row repeats no augmentation's). The SIREN bias shift adds "
-                          "multiples of π/ω₀ (about 0.1 at ω₀ = 30) to biases that start at zero in this zoo "
-                          "(DWSNets' init) and move little: the function is kept, but the shifted networks lie far "
-                          "from every network the model is tested on."]
-            if gap <= 0:
-                lines += ["", f"No gap to recover: without augmentation GMN scores {base10:.4f} at 10% and "
-                          f"{base100:.4f} at 100% of the training networks."]
-            else:
-                lines += ["", f"At 10% of the data the best augmentation over {full} seeds ({best[1]}, "
-                          f"{best[0]:.4f}) recovers {share:.0%} of the gap between no augmentation at 10% "
-                          f"({base10:.4f}) and at 100% ({base100:.4f}); the issue's target is at least 50% "
-                          f"({'met' if share >= 0.5 else 'not met'}). Every configuration run at these settings is "
-                          f"in the table: the best of {len(done)} is picked after the fact, so its share is "
-                          f"an optimistic estimate."]
-        lines.append("")
+    for task in TASKS:
+        key = f"gmn_{task}"
+        if key not in results:
+            continue
+        lines += _gmn_section(results[key])
+        screens = sorted((x for x in results if x.startswith(f"{key}@")), key=lambda x: results[x]["epochs"])
+        if screens:
+            lines += _screens(results, screens)
     gmn = [t for t in TASKS if f"gmn_{t}" in results]
     short = [t for t in gmn if len(results[f"gmn_{t}"]["seeds"]) < 3]
+
     missing = [t for t in TASKS if t not in gmn]
     if short or missing:
         lines += ["## Not yet measured", ""]
