@@ -57,10 +57,47 @@ DESIGNS = {
                                 dict(open_gate=True, normalize=True, lam=2e-2, prune_aware=1.0, mode="scale")),
     "global allocation": ("meta prunes the smallest group norms over all layers together (one threshold) "
                           "instead of the same fraction of every layer", dict(allocation="global")),
+    "normalised lasso": ("open gate, inputs standardised, pruned-task term, and the group lasso of each network "
+                         "divided by its value on the input network (lam 0.3: the same scale on CNNs and ResNets)",
+                         dict(open_gate=True, normalize=True, prune_aware=1.0, lasso_norm=True, lam=0.3)),
+    "neuron gates": ("as normalised lasso, but the GMN's node head gives one factor per neuron, exp(gate * s), "
+                     "applied to every slice of the neuron in every tensor of its group, instead of an edit of "
+                     "every weight", dict(mode="neuron", open_gate=True, normalize=True, prune_aware=1.0,
+                                          lasso_norm=True, lam=0.3)),
+    "neuron gates, 4x zoo": ("as neuron gates, meta-trained on 96 networks (same 600 steps: a quarter of the "
+                             "steps per network)", dict(mode="neuron", open_gate=True, normalize=True,
+                                                         prune_aware=1.0, lasso_norm=True, lam=0.3, n_train_nets=96)),
+    "neuron gates, lam warm-up": ("as neuron gates, lam ramped up linearly from 0 over the first half of the "
+                                  "meta steps", dict(mode="neuron", open_gate=True, normalize=True, prune_aware=1.0,
+                                                     lasso_norm=True, lam=0.3, lam_warmup=0.5)),
+    "neuron gates, lam 1": ("as neuron gates with lam 1 (the group lasso, normalised, as strong as the task "
+                            "loss at the start)", dict(mode="neuron", open_gate=True, normalize=True, prune_aware=1.0,
+                                                      lasso_norm=True, lam=1.0)),
+    "neuron gates, lam 3": ("as neuron gates with lam 3", dict(mode="neuron", open_gate=True, normalize=True,
+                                                               prune_aware=1.0, lasso_norm=True, lam=3.0)),
+    "neuron gates, soft mask": ("as neuron gates, and the pruned-task term's mask passes the gradient of a soft "
+                                "mask (temperature 0.2 of the group's mean norm) to the norms, so that which neurons "
+                                "go is learned too", dict(mode="neuron", open_gate=True, normalize=True,
+                                                          prune_aware=1.0, lasso_norm=True, lam=0.3,
+                                                          mask_temperature=0.2)),
+    "rebalance, soft mask": ("the node head's factors applied as the weight space's positive scaling (function "
+                             "unchanged, only the group norms that magnitude pruning reads move; groups through a "
+                             "batch norm have no such symmetry and stay), soft mask as above",
+                             dict(mode="rebalance", open_gate=True, normalize=True, prune_aware=1.0, lasso_norm=True,
+                                  lam=0.3, mask_temperature=0.2)),
+    "closed gate, 4x zoo": ("the main config meta-trained on 96 networks (same 600 steps: a quarter of the steps "
+                            "per network)", dict(n_train_nets=96)),
+    "neuron gates, batch statistics": ("as neuron gates, the meta objective with norms on batch statistics (train "
+                                       "mode), as the fine-tune runs", dict(mode="neuron", open_gate=True,
+                                                                             normalize=True, prune_aware=1.0,
+                                                                             lasso_norm=True, lam=0.3,
+                                                                             batch_stats=True)),
 }
 
 # the tiny ResNets are slower: only these designs run on them
-RESNET_DESIGNS = ("closed gate (chosen)", "open gate, lam 5e-2, pruned task")
+RESNET_DESIGNS = ("closed gate (chosen)", "open gate, lam 5e-2, pruned task", "normalised lasso", "neuron gates",
+                  "neuron gates, 4x zoo", "neuron gates, lam warm-up", "neuron gates, lam 1", "neuron gates, lam 3",
+                  "neuron gates, soft mask", "closed gate, 4x zoo", "neuron gates, batch statistics")
 
 
 def torch_pruning_magnitude(net, example, speedup: float, seed: int):
@@ -190,14 +227,17 @@ def run_main(archs) -> None:
             "command": "python benchmarks/prune.py"})
 
 
-def run_designs(archs) -> None:
+def run_designs(archs, only=None) -> None:
     extra = {"direct edit (upper bound)": direct_edit}
     first = next(iter(DESIGNS))
+    unknown = [n for n in only or () if n not in DESIGNS]
+    if unknown:
+        raise SystemExit(f"--design: unknown {unknown}; known: {list(DESIGNS)}")
     for arch, _ in ARCHS:
         if arch not in archs:
             continue
         for name, (_, over) in DESIGNS.items():
-            if arch != "small_cnn" and name not in RESNET_DESIGNS:
+            if (arch != "small_cnn" and name not in RESNET_DESIGNS) or (only and name not in only):
                 continue
             config = replace(CONFIG, arch=arch, seeds=(TUNING_SEED,), methods=("magnitude", "meta"), **over)
             t0, load0 = time.perf_counter(), _load()
@@ -322,12 +362,17 @@ def main(argv=None) -> int:
     p.add_argument("--designs", action="store_true", help="run the design sweep on the tuning seed")
     p.add_argument("--md-only", action="store_true", help="rebuild prune.md from the JSON files")
     p.add_argument("--arch", choices=[a for a, _ in ARCHS], action="append", help="only these (default: both)")
+    p.add_argument("--design", action="append", help="with --designs: only these designs (default: all); the "
+                   "others' results stay in the JSON")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     archs = set(args.arch or [a for a, _ in ARCHS])
     if not args.md_only:
-        (run_designs if args.designs else run_main)(archs)
+        if args.designs:
+            run_designs(archs, args.design)
+        else:
+            run_main(archs)
     write_md()
     return 0
 

@@ -43,7 +43,12 @@ class MetaPruneConfig:
     lam: float = 2e-3                 # group-lasso weight
     prune_aware: float = 0.0          # weight of the task loss of the edited network with pruned neurons zeroed
     mask_ratios: tuple[float, float] = (0.15, 0.5)   # the pruning ratio of that term, drawn per step
-    mode: str = "add"                 # MetaPruner: "add" (old + gate * delta) or "scale" (old * (1 + gate * delta))
+    mode: str = "add"                 # MetaPruner: "add" (old + gate * delta), "scale" (old * (1 + gate * delta))
+                                      # or "neuron" (every slice of a neuron times exp(gate * its node-head output))
+    lasso_norm: bool = False          # group lasso of each edited network divided by that of its input network
+                                      # (lam is then a fraction of the initial group norm, whatever the architecture)
+    lam_warmup: float = 0.0           # fraction of the meta steps over which lam ramps up linearly from 0
+    mask_temperature: float = 0.0     # > 0: the pruned-task mask passes a soft-mask gradient to the norms (masked)
     open_gate: bool = False           # start at the identity with the gate open and the head's last layer zero
     batch_stats: bool = False         # meta-train with norms on batch statistics (train mode), as fine-tuning uses
     normalize: bool = False           # standardise the GMN's inputs per role (statistics of the meta-training zoo)
@@ -121,23 +126,61 @@ def batched_group_norms(ws, stacked: dict[str, torch.Tensor], names: set[str]) -
     return out
 
 
-def group_lasso(ws, stacked: dict[str, torch.Tensor], names: set[str]) -> torch.Tensor:
+def group_lasso(ws, stacked: dict[str, torch.Tensor], names: set[str], per_network: bool = False) -> torch.Tensor:
     """Sum over networks, groups and neurons of each neuron's L2 norm over the tensors of its
-    group (``stacked``: ``{name: [B, ...]}``; only tensors in ``names``). Differentiable."""
-    return sum(n.sum() for n in batched_group_norms(ws, stacked, names).values())
+    group (``stacked``: ``{name: [B, ...]}``; only tensors in ``names``). Differentiable.
+    ``per_network``: the sum of each network apart, ``[B]``."""
+    total = sum(n.sum(1) for n in batched_group_norms(ws, stacked, names).values())
+    return total if per_network else total.sum()
+
+
+def _reads(ws, gid: int, names: set[str]) -> list[tuple[str, int]]:
+    """The axes of tensors in ``names`` that read the neurons of group ``gid`` (edge role "in")."""
+    return [(n, a) for n, a in ws.group_axes(gid) if n in names and ws.spaces.roles.get(n, {}).get(a) == "in"]
+
+
+def scale_neurons(ws, stacked: dict[str, torch.Tensor], names: set[str], factors: dict[int, torch.Tensor],
+                  reads_only: set[int] = frozenset()) -> dict[str, torch.Tensor]:
+    """``stacked`` with every slice of each neuron multiplied by its factor, in every tensor
+    of its group that is in ``names`` (``factors``: ``{group id: [B, size]}``; groups left
+    out are unchanged; groups in ``reads_only``: only in the weights that read the neuron).
+    Differentiable in the factors and the tensors."""
+    from metanet.prune.core import _positions
+
+    out = dict(stacked)
+    for g in ws.groups:
+        if g.id not in factors:
+            continue
+        m = factors[g.id]
+        axes = _reads(ws, g.id, names) if g.id in reads_only else ws.group_axes(g.id)
+        for name, axis in axes:
+            if name not in names:
+                continue
+            pos = _positions(ws.axes(name)[axis], ws.spaces.sizes, g.space).to(m.device)
+            full = torch.where(pos >= 0, m[:, pos.clamp_min(0)], torch.ones((), dtype=m.dtype, device=m.device))
+            shape = [m.shape[0]] + [1] * (out[name].dim() - 1)
+            shape[axis + 1] = pos.numel()
+            out[name] = out[name] * full.reshape(shape)
+    return out
 
 
 def masked(ws, stacked: dict[str, torch.Tensor], names: set[str], ratio: float,
-           allocation: str = "uniform") -> dict[str, torch.Tensor]:
+           allocation: str = "uniform", temperature: float = 0.0) -> dict[str, torch.Tensor]:
     """``stacked`` with the neurons that magnitude pruning at ``ratio`` would remove set to
     zero in every tensor of their group (per network; "uniform": that fraction of each
     group, "global": of all neurons together, at least one per group). A neuron zeroed in
     every tensor of its group contributes nothing, so this is the pruned network at the
     original size, and gradients reach the neurons kept. Which neurons go is chosen on the
-    detached norms."""
-    from metanet.prune.core import _positions
+    detached norms.
 
-    norms = {g: n.detach() for g, n in batched_group_norms(ws, stacked, names).items()}
+    ``temperature`` > 0 (uniform allocation only): the same network function forward, and
+    backward the gradient of a soft mask ``sigmoid((norm - threshold) / (temperature * mean
+    norm of the group))`` (straight through), so that the norms of the neurons near the
+    threshold learn which side of it they should be on: the choice itself gets a gradient.
+    The mask then zeroes only the weights that read a removed neuron (an unread neuron is
+    removed as well, and its output, which the soft mask's gradient needs, is not zero)."""
+    raw = batched_group_norms(ws, stacked, names)
+    norms = {g: n.detach() for g, n in raw.items()}
     keep = {}
     if allocation == "global":
         flat = torch.cat(list(norms.values()), 1)                          # [B, all neurons]
@@ -154,22 +197,22 @@ def masked(ws, stacked: dict[str, torch.Tensor], names: set[str], ratio: float,
             k = torch.zeros_like(n, dtype=torch.bool)
             k.scatter_(1, n.topk(n_keep, 1).indices, True)
             keep[g] = k
-    out = dict(stacked)
-    for g in ws.groups:
-        if g.id not in keep:
-            continue
-        m = keep[g.id]
-        for name, axis in ws.group_axes(g.id):
-            if name not in names:
+    factors = {g: k.to(norms[g].dtype) for g, k in keep.items()}
+    reads_only = set()
+    if temperature > 0 and allocation == "uniform":
+        for g, hard in factors.items():
+            n = norms[g]
+            if n.shape[1] < 2 or bool(hard.all()):
                 continue
-            pos = _positions(ws.axes(name)[axis], ws.spaces.sizes, g.space).to(m.device)
-            full = torch.ones(m.shape[0], pos.numel(), dtype=out[name].dtype, device=m.device)
-            inside = pos >= 0
-            full[:, inside] = m[:, pos[inside]].to(full.dtype)
-            shape = [m.shape[0]] + [1] * (out[name].dim() - 1)
-            shape[axis + 1] = pos.numel()
-            out[name] = out[name] * full.reshape(shape)
-    return out
+            # threshold halfway between the smallest norm kept and the largest removed
+            kept_min = n.masked_fill(hard == 0, float("inf")).min(1, keepdim=True).values
+            gone_max = n.masked_fill(hard == 1, float("-inf")).max(1, keepdim=True).values
+            thr = (kept_min + gone_max) / 2
+            soft = torch.sigmoid((raw[g] - thr) / (temperature * n.mean(1, keepdim=True) + 1e-12))
+            factors[g] = hard + soft - soft.detach()
+            if _reads(ws, g, names):
+                reads_only.add(g)
+    return scale_neurons(ws, stacked, names, factors, reads_only)
 
 
 # GMN options pinned (metanet.nn's defaults change as it is tuned for other tasks): mean
@@ -185,27 +228,83 @@ def _gmn_pins(gmn_class) -> dict:
     return {k: v for k, v in GMN_PINS.items() if k in accepted}
 
 
+MODES = ("add", "scale", "neuron", "rebalance")
+
+
 class MetaPruner(nn.Module):
-    """A GMN edge head editing every weight: ``new = old + gate * delta`` (mode "add") or
-    ``new = old * (1 + gate * delta)`` (mode "scale": the edit can shrink a neuron's
-    weights towards zero but not create weights where there were none)."""
+    """A GMN editing a network. Mode "add": its edge head writes a correction to every
+    weight, ``new = old + gate * delta``; "scale": ``new = old * (1 + gate * delta)`` (the
+    edit can shrink a neuron's weights towards zero but not create weights where there were
+    none); "neuron": its node head gives one number ``s`` per neuron of every group (the
+    mean over the graph nodes that stand for that neuron), and every slice of the neuron,
+    in every tensor of its group, is multiplied by ``exp(gate * s)`` (its exponent clipped to
+    [-8, 8]): the metanetwork only
+    chooses how much to shrink each neuron; "rebalance": the same factors, applied as the
+    weight space's positive scaling (the weights a neuron writes times ``f``, those that read
+    it divided by ``f``), which leaves the network's function unchanged and moves only its
+    group norms, i.e. what magnitude pruning reads; groups without that symmetry (e.g.
+    through a batch norm) are left as they are."""
 
     def __init__(self, ws, in_width: int, hidden: int, layers: int, layout: str = "compact", mode: str = "add"):
         super().__init__()
         from metanet.nn import GMN
 
-        if mode not in ("add", "scale"):
-            raise ValueError(f"MetaPruner mode is 'add' or 'scale', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"MetaPruner mode is one of {', '.join(map(repr, MODES))}, got {mode!r}")
         self.ws, self.layout, self.mode = ws, layout, mode
         self.in_width, self.hidden = in_width, hidden
         self.gmn = GMN(in_width=in_width, hidden=hidden, layers=layers, edge_out=in_width, **_gmn_pins(GMN))
         self.gate = nn.Parameter(torch.zeros(()))
+        self._nodes = None
+
+    def neuron_nodes(self) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per group: (graph node, neuron of the group it stands for) pairs and the number of
+        nodes per neuron. A neuron is every node whose set's axis structure carries the
+        group's atom at that position (a channel of a conv is one node; a channel flattened
+        into a linear layer with its H*W positions is H*W nodes)."""
+        if self._nodes is None:
+            from metanet.prune.core import _positions
+
+            lay = self.ws.layout(self.layout)
+            self._nodes = {}
+            for g in self.ws.groups:
+                nodes, neurons = [], []
+                for ns in lay.sets.values():
+                    if ns.hub or ns.unit:
+                        continue
+                    pos = _positions(ns.key, lay.sizes, g.space)
+                    if pos.numel() != ns.size:
+                        continue
+                    inside = pos >= 0
+                    nodes.append(torch.arange(ns.offset, ns.offset + ns.size)[inside])
+                    neurons.append(pos[inside])
+                if nodes and sum(n.numel() for n in nodes):
+                    nodes_t, neurons_t = torch.cat(nodes), torch.cat(neurons)
+                    count = torch.zeros(g.size).index_add_(0, neurons_t, torch.ones(neurons_t.numel()))
+                    self._nodes[g.id] = (nodes_t, neurons_t, count.clamp_min(1))
+        return self._nodes
+
+    def neuron_factors(self, stacked: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Mode "neuron": ``{group id: [B, size]}``, the factor ``exp(gate * s)`` of every neuron."""
+        from metanet.graph import SharedBatch
+
+        g = SharedBatch.of(self.ws, stacked, layout=self.layout)
+        x = self.gmn.node_head(self.gmn.encode(g)[1])
+        B = next(iter(stacked.values())).shape[0]
+        x = x.reshape(B, -1)                                                   # [B, nodes]
+        out = {}
+        for gid, (nodes, neurons, count) in self.neuron_nodes().items():
+            size = self.ws.groups[gid].size
+            s = x.new_zeros(B, size).index_add(1, neurons.to(x.device), x[:, nodes.to(x.device)])
+            out[gid] = torch.exp((self.gate * s / count.to(x)).clamp(-8.0, 8.0))   # finite, never 0
+        return out
 
     def start_at_identity(self) -> "MetaPruner":
         """Open the gate and zero the edge head's last layer instead: still the identity, but
         the gradient reaches the head from the first step (with a closed gate it reaches only
         the gate)."""
-        last = [m for m in self.gmn.edge_head.modules() if isinstance(m, nn.Linear)][-1]
+        head = self.gmn.node_head if self.mode in ("neuron", "rebalance") else self.gmn.edge_head
+        last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
         with torch.no_grad():
             last.weight.zero_()
             if last.bias is not None:
@@ -218,6 +317,20 @@ class MetaPruner(nn.Module):
         statistics of norms stay as they are) change, all floating tensors when None."""
         from metanet.graph import SharedBatch
 
+        if self.mode == "neuron":
+            names = {k for k, v in stacked.items() if v.is_floating_point()
+                     and (editable is None or k in editable)}
+            return scale_neurons(self.ws, stacked, names, self.neuron_factors(stacked))
+        if self.mode == "rebalance":
+            from metanet.space import Scaling
+
+            try:
+                allowed = set(self.ws.sample_scaling().factors)
+            except ValueError:          # no group has the symmetry: nothing to rebalance
+                return dict(stacked)
+            f = {g: v for g, v in self.neuron_factors(stacked).items() if g in allowed}
+            scaled = self.ws.scale(stacked, Scaling(f, "scale"), batched=True)
+            return {k: scaled[k] if editable is None or k in editable else v for k, v in stacked.items()}
         g = SharedBatch.of(self.ws, stacked, layout=self.layout)
         delta = self.ws.state_dicts(self.gmn.edit(g))
 
@@ -307,6 +420,8 @@ def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], templa
         meta.gmn.fit_normalization([SharedBatch.of(ws, stacked_all, layout="compact")])
     if config.open_gate:
         meta.start_at_identity()
+    if config.lasso_norm:   # each network's group lasso at the input, the unit of its edited group lasso
+        lasso0 = group_lasso(ws, stacked_all, params, per_network=True).detach()
     opt = torch.optim.AdamW(meta.parameters(), lr=config.lr)
     lo, hi = config.mask_ratios
 
@@ -330,22 +445,28 @@ def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], templa
         idx = torch.randint(0, len(data.y_train), (config.batch_size,), generator=gen)
         x, y = data.x_train[idx], data.y_train[idx]
         task = task_loss(new, x, y, len(pick))
-        sparsity = group_lasso(ws, new, params) / len(pick)
-        loss = task + config.lam * sparsity
+        if config.lasso_norm:
+            sparsity = (group_lasso(ws, new, params, per_network=True) / lasso0[pick]).sum() / len(pick)
+        else:
+            sparsity = group_lasso(ws, new, params) / len(pick)
+        warm = config.lam_warmup * config.meta_steps
+        lam = config.lam * min(1.0, (step + 1) / warm) if warm > 0 else config.lam
+        loss = task + lam * sparsity
         pruned_task = torch.zeros(())
         if config.prune_aware:
             r = lo + (hi - lo) * float(torch.rand((), generator=gen))
-            pruned_task = task_loss(masked(ws, new, params, r, config.allocation), x, y, len(pick))
+            pruned_task = task_loss(masked(ws, new, params, r, config.allocation, config.mask_temperature),
+                                    x, y, len(pick))
             loss = loss + config.prune_aware * pruned_task
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(task=f"{float(task.detach()):.3f}", pruned=f"{float(pruned_task):.3f}",
-                        lasso=f"{float(sparsity.detach()):.1f}", refresh=False)
+                        lasso=f"{float(sparsity.detach()):.3g}", refresh=False)
         if step % max(config.meta_steps // 5, 1) == 0 or step == config.meta_steps - 1:
             log(f"  meta step {step + 1}/{config.meta_steps}: task {float(task.detach()):.3f}  pruned task "
-                f"{float(pruned_task):.3f}  group lasso {float(sparsity.detach()):.1f}  "
+                f"{float(pruned_task):.3f}  group lasso {float(sparsity.detach()):.3g}  "
                 f"gate {float(meta.gate.detach()):.3f}")
     return meta.eval()
 

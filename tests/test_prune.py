@@ -384,14 +384,42 @@ def test_masked_output_is_the_pruned_network(name):
     model, inputs, ws = _space(name)
     params = {n for n, _ in model.named_parameters()}
     sd = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
-    for ratio in (0.25, 0.5):
-        zeroed = {k: v[0] for k, v in masked(ws, sd, params, ratio).items()}
+    for ratio, temperature in ((0.25, 0.0), (0.5, 0.0), (0.5, 0.1)):
+        zeroed = {k: v[0] for k, v in masked(ws, sd, params, ratio, temperature=temperature).items()}
         assert any(not torch.equal(zeroed[k], sd[k][0]) for k in params)
         keep = keep_top(ws, scores_for(ws, model, "magnitude"), ratio)
         pruned = prune_model(ws, model, keep, inputs)
         twin = copy.deepcopy(model)
         twin.load_state_dict(zeroed)
         torch.testing.assert_close(_outputs(twin, inputs)[0], _outputs(pruned, inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_soft_mask_is_the_same_mask_forward_and_gives_removed_neurons_a_gradient():
+    from tasks.meta_prune import masked
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    params = {n for n, _ in model.named_parameters()}
+    sd = {k: v.unsqueeze(0).clone().requires_grad_(k in params) for k, v in model.state_dict().items()}
+    hard, soft = masked(ws, sd, params, 0.5), masked(ws, sd, params, 0.5, temperature=0.1)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():                              # the same network function
+        torch.testing.assert_close(_outputs_of(model, soft, (x,)), _outputs_of(model, hard, (x,)))
+    name, axis = ws.group_axes(0)[0]                   # a tensor of group 0, its neurons along ``axis``
+    dead = hard[name][0].detach().movedim(axis, 0).reshape(ws.groups[0].size, -1).abs().sum(1) == 0
+    assert dead.any() and not dead.all()
+    grads = {}
+    for label, out in (("hard", hard), ("soft", soft)):
+        loss = _outputs_of(model, out, (x,)).square().sum()
+        g = torch.autograd.grad(loss, sd[name], retain_graph=True)[0][0].movedim(axis, 0)
+        grads[label] = g.reshape(ws.groups[0].size, -1).abs().sum(1)
+    assert bool((grads["hard"][dead] == 0).all())      # a hard mask: nothing reaches the removed neurons
+    assert bool((grads["soft"][dead] > 0).all())       # the soft mask's gradient does
+
+
+def _outputs_of(model, stacked, inputs):
+    from torch.func import functional_call
+    return functional_call(model, {k: v[0] for k, v in stacked.items()}, inputs)
 
 
 def test_meta_pruner_starts_at_the_identity_and_scale_mode_is_equivariant():
@@ -414,12 +442,101 @@ def test_meta_pruner_starts_at_the_identity_and_scale_mode_is_equivariant():
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["small_cnn", "cnn_flatten", "resnet_basic"])
+def test_neuron_gates_start_at_identity_scale_whole_neurons_and_are_equivariant(name):
+    from tasks.meta_prune import MetaPruner
+
+    model, inputs, ws = _space(name)
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2, mode="neuron").start_at_identity()
+    nodes = meta.neuron_nodes()
+    assert set(nodes) == {g.id for g in ws.groups}                   # every group has nodes standing for it
+    for gid, (_, neurons, count) in nodes.items():
+        assert set(neurons.tolist()) == set(range(ws.groups[gid].size)) and bool((count >= 1).all())
+    sd = {k: v.unsqueeze(0).float() for k, v in model.state_dict().items()}
+    params = {n for n, _ in model.named_parameters()}
+    with torch.no_grad():
+        assert all(torch.equal(v, sd[k]) for k, v in meta(sd, params).items())
+        for p in meta.gmn.node_head.parameters():
+            p.normal_(0, 0.3)
+        edited = meta(sd, params)
+        factors = meta.neuron_factors(sd)
+        perm = ws.sample_permutation(torch.Generator().manual_seed(2))
+        got = meta(ws.permute(sd, perm, batched=True), params)
+    assert any((edited[k] - sd[k]).abs().max() > 1e-3 for k in params)
+    assert all(torch.equal(edited[k], sd[k]) for k in sd if k not in params)    # running statistics untouched
+    want = ws.permute(edited, perm, batched=True)
+    for k in sd:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+    # a whole neuron is scaled: with the other groups' factors 1, a group's factors are exactly
+    # the ratios of its neurons' group norms after / before (every slice, every tensor)
+    from tasks.meta_prune import scale_neurons
+
+    before = group_norms(ws, {k: v[0] for k, v in sd.items()}, 2, params)
+    for g in ws.groups:
+        one = scale_neurons(ws, sd, params, {g.id: factors[g.id]})
+        ratio = group_norms(ws, {k: v[0] for k, v in one.items()}, 2, params)[g.id] / before[g.id]
+        torch.testing.assert_close(ratio.float(), factors[g.id][0].float(), rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(ratio.float(), torch.ones_like(ratio.float()))
+
+
+def test_rebalance_keeps_the_function_and_moves_group_norms():
+    from torch.func import functional_call
+
+    from tasks.meta_prune import MetaPruner
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    params = {n for n, _ in model.named_parameters()}
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2, mode="rebalance").start_at_identity()
+    sd = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        for p in meta.gmn.node_head.parameters():
+            p.normal_(0, 0.3)
+        edited = meta(sd, params)
+        perm = ws.sample_permutation(torch.Generator().manual_seed(4))
+        got = meta(ws.permute(sd, perm, batched=True), params)
+        torch.testing.assert_close(functional_call(model, {k: v[0] for k, v in edited.items()}, (x,)), model(x),
+                                   rtol=1e-4, atol=1e-5)
+    before = group_norms(ws, {k: v[0] for k, v in sd.items()}, 2, params)
+    after = group_norms(ws, {k: v[0] for k, v in edited.items()}, 2, params)
+    assert any(not torch.allclose(before[g], after[g], rtol=1e-3) for g in before)
+    want = ws.permute(edited, perm, batched=True)
+    for k in sd:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+    # a space with no positive-scaling symmetry (batch norms) is left as it is
+    model, inputs, ws = _space("resnet_basic")
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=1, mode="rebalance")
+    with torch.no_grad():
+        meta.gate.fill_(1.0)
+        sd = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
+        assert all(torch.equal(v, sd[k]) for k, v in meta(sd).items())
+
+
+def test_group_lasso_per_network_and_bad_mode():
+    from tasks.meta_prune import MetaPruner, group_lasso
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    names = {n for n, _ in model.named_parameters()}
+    sd = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
+    two = {k: torch.cat([v, 3 * v]) for k, v in sd.items()}
+    per = group_lasso(ws, two, names, per_network=True)
+    assert per.shape == (2,)
+    torch.testing.assert_close(per[1], 3 * per[0])
+    torch.testing.assert_close(per.sum(), group_lasso(ws, two, names))
+    with pytest.raises(ValueError, match="MetaPruner mode is one of"):
+        MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=1, mode="gates")
+
+
 @pytest.mark.slow
-def test_meta_prune_task_runs(tmp_path):
+@pytest.mark.parametrize("design", [{}, {"mode": "neuron", "open_gate": True, "lasso_norm": True, "prune_aware": 1.0,
+                                         "mask_temperature": 0.2, "lam_warmup": 0.5}])
+def test_meta_prune_task_runs(tmp_path, design):
     from tasks.meta_prune import MetaPruneConfig, run
 
     res = run(MetaPruneConfig(channels=6, n_train_nets=2, n_test_nets=1, net_steps=20, meta_steps=3, meta_batch=2,
-                              speedups=(2.0,), finetune_steps=2, out=str(tmp_path)), log=lambda m: None)
+                              speedups=(2.0,), finetune_steps=2, out=str(tmp_path), **design), log=lambda m: None)
     assert {r["method"] for r in res.rows} == {"random", "magnitude", "meta"}
     assert all(r["flops_reduction"] >= 2.0 for r in res.rows)
     assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy.png").exists()
