@@ -456,8 +456,8 @@ def write_markdown(res: dict, path: Path) -> None:
 
     names = {"nfn": "NFN-HNP (ours)", "nfn_public": "NFN-HNP (public nfn)", "statnn": "StatNN", "gmn": "GMN",
              "gmn_canonical": "GMN, scale/sign-aware", "ngt": "NGT", "gmn_wide": f"GMN, hidden {WIDE}",
-             "gmn_pna": "GMN, PNA readout", "gmn_hybrid": "GMN + weight statistics (hybrid)",
-             "gmn_pna_hybrid": "GMN, PNA readout + weight statistics (hybrid)",
+             "gmn_pna": "GMN, PNA readout", "gmn_hybrid": "GMN + weight statistics (hybrid: concatenated)",
+             "gmn_pna_hybrid": "GMN, PNA readout + weight statistics (hybrid: concatenated)",
              "gmn_maggr": "GMN, mean/max/std aggregation",
              "gmn_maggr_pna_hybrid": "GMN, mean/max/std aggregation, PNA readout + weight statistics (hybrid)",
              "gmn_hybrid_sum": "GMN + StatNN (hybrid: outputs summed)",
@@ -466,10 +466,13 @@ def write_markdown(res: dict, path: Path) -> None:
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names)
         by = {r["model"]: r["tau"][0] for r in res["accuracy"]}
-        if "gmn" in by and "statnn" in by:
-            L += ["", f"GMN − StatNN: {by['gmn'] - by['statnn']:+.3f} τ (target ≥ +0.02)"
-                  + (f"; GMN − public NFN-HNP: {by['gmn'] - by['nfn_public']:+.3f} (target ≥ 0)"
-                     if "nfn_public" in by else "") + "."]
+        gmns = [m for m in by if m == "gmn" or m in GMN_VARIANTS or m == "gmn_wide"]
+        if "statnn" in by and gmns:
+            L.append("")
+            for m in gmns:
+                L.append(f"{names.get(m, m)} − StatNN: {by[m] - by['statnn']:+.3f} τ (target ≥ +0.02)"
+                         + (f"; − public NFN-HNP: {by[m] - by['nfn_public']:+.3f} (target ≥ 0)"
+                            if "nfn_public" in by else "") + ".  ")
         L.append("")
     if res.get("mixed"):
         size = (f"{res['mixed_networks']} networks of {res['mixed_architectures']} architectures (with kwargs), "
