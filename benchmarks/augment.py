@@ -486,7 +486,10 @@ def _gmn_section(r: dict) -> list[str]:
                       "multiples of π/ω₀ (about 0.1 at ω₀ = 30) to biases that start at zero in this zoo "
                       "(DWSNets' init) and move little: the function is kept, but the shifted networks lie far "
                       "from every network the model is tested on."]
-        if gap <= 0:
+        if not done:
+            lines += ["", f"Without augmentation GMN scores {base10:.4f} at 10% and {base100:.4f} at 100% of "
+                      f"the training networks; no augmentation has all {full} seeds at 10% yet."]
+        elif gap <= 0:
             lines += ["", f"No gap to recover: without augmentation GMN scores {base10:.4f} at 10% and "
                       f"{base100:.4f} at 100% of the training networks."]
         else:
@@ -501,19 +504,32 @@ def _gmn_section(r: dict) -> list[str]:
 
 
 def _screens(results: dict, keys: list[str]) -> list[str]:
-    """Screening runs of one task (other training lengths), one row per run and cell."""
-    lines = ["Screening runs (the training length; one table row per cell measured):", "",
-             "| run | epochs | optimizer steps | augmentation | fraction | seeds | score | command (load) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Runs of one task kept apart from its table (``--key-suffix``: screening of the
+    training length, a check on fresh seeds), one row per run and cell."""
+    lines = ["Runs kept apart from the table above (`--key-suffix`: screening runs of the training length, "
+             "checks on fresh seeds); one row per cell measured, mean ± std over the seeds listed:", "",
+             "| run | epochs | optimizer steps | augmentation | fraction | seeds | score |",
+             "|---|---|---|---|---|---|---|"]
     for key in keys:
         r = results[key]
-        cmd = "; ".join(f"`{c['command']}` ({c['machine'].split('load average ')[-1]})" for c in r.get("commands", []) if c)
         for f in sorted(r["score_by_fraction"], key=float):
             for aug, v in r["score_by_fraction"][f].items():
                 who = r.get("seeds_by_fraction", {}).get(f, {}).get(aug, r["seeds"][:len(v)])
                 lines.append(f"| {key.split('@', 1)[1]} | {r['epochs']} | {r['steps']} | {aug} | {float(f):.0%} | {who} | "
-                             f"{statistics.mean(v):.4f}" + (f" ± {statistics.pstdev(v):.4f}" if len(v) > 1 else "")
-                             + f" | {cmd} |")
+                             f"{statistics.mean(v):.4f}" + (f" ± {statistics.pstdev(v):.4f}" if len(v) > 1 else "") + " |")
+    lines.append("")
+    for key in keys:
+        r, sc = results[key], results[key]["score_by_fraction"]
+        cmd = "; ".join(f"`{c['command']}` ({c['date']}, {c['machine'].split(', ')[-1]})"
+                        for c in r.get("commands", []) if c)
+        line = f"- {key.split('@', 1)[1]}: {cmd}"
+        if "none" in sc.get("0.1", {}) and "none" in sc.get("1.0", {}):
+            b10, b100 = statistics.mean(sc["0.1"]["none"]), statistics.mean(sc["1.0"]["none"])
+            shares = [f"{a} {(statistics.mean(v) - b10) / (b100 - b10):.0%}" for a, v in sc["0.1"].items()
+                      if a != "none" and b100 > b10]
+            line += (f". No augmentation {b10:.4f} at 10%, {b100:.4f} at 100%"
+                     + (f"; share of that gap recovered at 10%: {', '.join(shares)}." if shares else "."))
+        lines.append(line)
     return lines + [""]
 
 
