@@ -465,6 +465,18 @@ def _gmn_section(r: dict) -> list[str]:
             v = sc.get("0.1", {}).get(aug)
             cells.append(f"{(statistics.mean(v) - base10) / gap:.0%}" if v and aug != "none" else "")
         lines.append(f"| {aug} | " + " | ".join(cells) + " |")
+    ten = sc.get("0.1", {})
+    if len(ten.get("none", [])) > 1:
+        sd0 = statistics.pstdev(ten["none"])
+        wide = []
+        for a, v in ten.items():
+            if a != "none" and len(v) > 1 and statistics.pstdev(v) > 2 * sd0:
+                who = r.get("seeds_by_fraction", {}).get("0.1", {}).get(a, r["seeds"])
+                lo = min(range(len(v)), key=v.__getitem__)
+                wide.append(f"{a} (seed {who[lo]}: {v[lo]:.4f})")
+        if wide:
+            lines += ["", f"At 10%, rows whose spread over seeds is more than twice no augmentation's "
+                      f"({sd0:.4f}), with their lowest seed: {', '.join(wide)}."]
     if any("+" in a or ":" in a for a in augs):
         lines += ["", "`a+b`: a, then b, on every batch; `name:key=value`: that transform's option (alpha: "
                   "MixUp's Beta(α, α); prob: the probability that a network is transformed (mixed, for "
