@@ -466,9 +466,14 @@ def write_markdown(res: dict, path: Path) -> None:
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names)
         by = {r["model"]: r["tau"][0] for r in res["accuracy"]}
+        # margins only between rows of one command: the latest that ran StatNN
+        runs = [st for st in res.get("part_runs", {}).get("accuracy", [])
+                if not st.get("models") or "statnn" in st["models"].split(",")]
+        same = set(runs[-1]["models"].split(",")) if runs and runs[-1].get("models") else set(by)
+        by = {m: t for m, t in by.items() if m in same}
         gmns = [m for m in by if m == "gmn" or m in GMN_VARIANTS or m == "gmn_wide"]
         if "statnn" in by and gmns:
-            L.append("")
+            L += ["", f"Margins within one command (`{runs[-1]['command']}`):  " if runs else ""]
             for m in gmns:
                 L.append(f"{names.get(m, m)} − StatNN: {by[m] - by['statnn']:+.3f} τ (target ≥ +0.02)"
                          + (f"; − public NFN-HNP: {by[m] - by['nfn_public']:+.3f} (target ≥ 0)"
