@@ -62,6 +62,8 @@ QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, ghn_lr=3e-4, n_archs=4, n_test=
 GHN_KW = dict(gnn="transformer", hid=64, layers=2)
 DECODERS = {"tiled": dict(decoder="tiled", block=32), "lowrank": dict(decoder="lowrank", max_width=64, rank=16)}
 TEST_SEED0 = 2_000_000
+# --screen: one design change against the default, at equal steps (GHN options)
+SCREEN = {"learned gain (default)": {}, "fixed gain g = 1": {"learn_gain": False}}
 
 
 def log(*a):
@@ -258,13 +260,16 @@ def finetune_rows(ghn, data, base, n_finetune):
     return out
 
 
-def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0, on_point=None):
+def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0, on_point=None,
+                        ghn_extra=None, finetune=True):
     """One GHN (``dec`` decoder, meta-batch 8, 300 training architectures, cosine over
     ``steps``) meta-trained once; at each step of ``points`` the accuracy of its
     predicted parameters with no training on every test architecture of ``base`` (the
     main table's 50) against their trained accuracy; at the last point, fine-tuning
     from it on the first ``n_finetune`` of them against Kaiming. The training pool is
-    the first 300 sampler seeds whose architecture is none of the test ones."""
+    the first 300 sampler seeds whose architecture is none of the test ones.
+    ``ghn_extra``: GHN options on top of the decoder's (for screening a design change);
+    ``finetune=False`` skips the fine-tuning."""
     from tasks.predict_init import PredictInitConfig, accuracy, build_arch, run, sample_archs
     from zoo.data import load_dataset
     from zoo.models import arch_key
@@ -279,7 +284,9 @@ def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0,
         s += 1
     models = [build_arch((b["arch"], b["kwargs"]), seed=j) for j, b in enumerate(base["rows"])]
     trained = np.array([b["kaiming"][-1][1] for b in base["rows"]])
-    out = dict(dataset=dataset, decoder=dec, seed=seed, steps=steps, meta_batch=8, n_archs=300,
+    ghn_kw = dict(GHN_KW, **DECODERS[dec], **(ghn_extra or {}))
+    out = dict(dataset=dataset, decoder=dec, ghn_extra=dict(ghn_extra or {}), seed=seed, steps=steps,
+               meta_batch=8, n_archs=300,
                train_seeds_skipped=s - 300, trained_acc=float(trained.mean()), points=[])
     t0 = time.time()
     eval_s = [0.0]
@@ -306,7 +313,7 @@ def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0,
     res = run(PredictInitConfig(
         dataset=dataset, out=str(workdir / f"ratio_{dataset}_{dec}"), steps=steps, meta_batch=8,
         n_archs=300, train_seeds=tuple(train_seeds), val_archs=2, lr=3e-4, eval_every=steps,
-        ckpt_every=steps, seed=seed, resume=False, progress=False, ghn=dict(GHN_KW, **DECODERS[dec])),
+        ckpt_every=steps, seed=seed, resume=False, progress=False, ghn=ghn_kw),
         on_step=on_step)
     hist = res.history
     for pt in out["points"]:
@@ -318,6 +325,8 @@ def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0,
 
     ghn = GHN.from_pretrained(res.last_dir).eval()
     out["ghn_params"] = sum(p.numel() for p in ghn.parameters())
+    if not finetune:
+        return out
     t1 = time.time()
     ft = finetune_rows(ghn, data, base, cfg["n_finetune"])
     per_epoch = base["steps_per_epoch"]
@@ -540,7 +549,8 @@ def ratio_curve_md(res):
          f"seed 0; meta-batch 8, one minibatch of 64 per step; 300 training architectures: the first 300 sampler "
          f"seeds whose architecture is none of the test ones; AdamW, peak lr 3e-4, 50 warm-up steps then cosine "
          f"over {steps} steps), meta-trained once. At each listed step its predicted parameters are evaluated with "
-         "no training on the same 50 unseen test architectures as the main table, against their trained accuracy "
+         f"no training on the same {len(res['trained'][0]['rows'])} unseen test architectures as the main table, "
+         "against their trained accuracy "
          "(the main table's baseline, read from the JSON). The points before the last are the same run's "
          "intermediate states (its learning rate not yet annealed), not separate runs of that length. One seed.",
          "", "| dataset | decoder | meta-training steps | accuracy, no training | predicted / trained | "
@@ -549,12 +559,31 @@ def ratio_curve_md(res):
         for pt in e["points"]:
             L.append(f"| {e['dataset']} | {e['decoder']} | {pt['step']} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
                      f"{pt.get('loss', float('nan')):.3f} |")
+    growth = []
+    for e in rc:
+        pts = {pt["step"]: pt["ratio"] for pt in e["points"]}
+        last, half = e["points"][-1]["step"], e["points"][-1]["step"] // 2
+        if half in pts and last != half:
+            growth.append(f"{e['dataset']} {e['decoder']} {pts[half]:.3f} -> {pts[last]:.3f} "
+                          f"({pts[last] - pts[half]:+.3f})")
+    if growth:
+        L += ["", "Predicted / trained over the second half of each run (step n/2 -> n): " + "; ".join(growth) + "."]
+    have = {(e["dataset"], e["decoder"]) for e in rc if "finetune" in e}
+    missing = [f"{d} {k}" for k in DECODERS for d in res["datasets"] if (d, k) not in have]
+    if missing:
+        L += ["", "Not measured to the end (the ratio-curve run was stopped for time before it finished): " + ", ".join(missing) + "."]
+    by_cmd = {}
+    for e in rc:
+        src = e.get("command") or res.get("sources", {}).get("ratio_curve") or res["command"]
+        by_cmd.setdefault(src, []).append(f"{e['dataset']} {e['decoder']}")
+    L += ["", "Measured by: " + "; ".join(f"{', '.join(v)}: `{k}`" for k, v in by_cmd.items()) + "."]
     L += ["", "Time: " + "; ".join(
         f"{e['dataset']} {e['decoder']} {e['seconds_per_step']:.2f} s per meta-step ({e['meta_seconds']:.0f} s "
-        f"meta-training, {e['eval_seconds']:.0f} s evaluating)" for e in rc if "seconds_per_step" in e) + ".", ""]
+        f"meta-training including the first trace of each architecture, {e['eval_seconds']:.0f} s evaluating)" for e in rc if "seconds_per_step" in e) + ".", ""]
     done = [e for e in rc if "finetune" in e]
     if done:
-        L += ["Fine-tuning from the GHN at its last step (first 8 test architectures; same optimizer and "
+        L += [f"Fine-tuning from the GHN at its last step (first {done[0]['finetune']['n']} test architectures; "
+              "same optimizer and "
               "minibatches as the baseline; Kaiming from the baseline's runs):", "",
               "| dataset | decoder | steps | 1 epoch: GHN | Kaiming | GHN minus Kaiming | steps to 95% of trained: "
               "ratio GHN / Kaiming (both reached) | reached: GHN | Kaiming |", "|---|---|---|---|---|---|---|---|---|"]
@@ -578,6 +607,26 @@ def ratio_curve_md(res):
                          f"{v['acc0']:.3f} | {v['trained']:.3f} | {v['ratio']:.3f} |")
         L.append("")
     return L
+
+
+def screen_md(res):
+    sc = res["screen"]
+    base = next(t for t in res["trained"] if t["dataset"] == "digits")
+    L = ["## Screening a design change (digits, tiled decoder, equal steps)", "",
+         f"The ratio-curve setup above, {sc[0]['steps']} meta-training steps per variant (cosine over "
+         f"{sc[0]['steps']}), seed 0, the same 300 training and {len(base['rows'])} test architectures; one run "
+         "per variant"
+         + (f" (`{res['sources']['screen']}`)" if res.get("sources", {}).get("screen") else "") + ".", "",
+         "| variant | GHN options | accuracy, no training | predicted / trained | "
+         + " | ".join(k for k in family_ratios(sc[0], base)) + " | s per meta-step |",
+         "|---|---|---|---|" + "---|" * len(family_ratios(sc[0], base)) + "---|"]
+    for e in sc:
+        fr = family_ratios(e, base)
+        pt = e["points"][-1]
+        L.append(f"| {e['variant']} | {e['ghn_extra'] or '-'} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
+                 + " | ".join(f"{v['ratio']:.3f}" for v in fr.values()) + f" | {e['seconds_per_step']:.2f} |")
+    return L + ["", "Group columns: mean accuracy with no training / mean trained accuracy of that group "
+                "(family: the sampler's architecture family; norm: its normalisation kind).", ""]
 
 
 def write_md(res, path, cmd):
@@ -682,6 +731,8 @@ def write_md(res, path, cmd):
         L.append("")
     if res.get("ratio_curve"):
         L += ratio_curve_md(res)
+    if res.get("screen"):
+        L += screen_md(res)
     L += ["## Decoder size as the widest predicted layer grows", "",
           "Tiled: block = width (predicts a layer of that width without copies); low-rank: "
           "max_width = width, rank 16. Both with kernel 3 and hid 64.", "",
@@ -786,6 +837,9 @@ def main(argv=None):
                          "accuracy on the test architectures at --ratio-points")
     ap.add_argument("--ratio-points", type=int, nargs="+", default=[250, 500, 1000, 1500, 2000, 3000, 4000])
     ap.add_argument("--ratio-decoders", nargs="+", default=["tiled", "lowrank"], choices=list(DECODERS))
+    ap.add_argument("--screen", type=int, default=0, metavar="STEPS",
+                    help="screen the design variants of SCREEN on digits (tiled decoder): one GHN each, STEPS "
+                         "steps, predicted/trained per architecture family on the test architectures")
     ap.add_argument("--keep", action="store_true",
                     help="keep the skipped sections' results from the existing JSON")
     args = ap.parse_args(argv)
@@ -864,7 +918,11 @@ def main(argv=None):
                     save()
     if args.ratio_curve:
         points = sorted({p for p in args.ratio_points if p < args.ratio_curve} | {args.ratio_curve})
-        res["ratio_curve"] = []
+        planned = {(ds, dec) for dec in args.ratio_decoders for ds in args.datasets}
+        # with --keep, entries this run does not redo stay (each names the command that measured it)
+        res["ratio_curve"] = [dict(e, command=e.get("command") or old.get("command"))
+                              for e in (old.get("ratio_curve", []) if args.keep and out_json.exists() else [])
+                              if (e["dataset"], e["decoder"]) not in planned]
         with tempfile.TemporaryDirectory() as tmp:
             for dec in args.ratio_decoders:
                 for ds in args.datasets:
@@ -872,18 +930,32 @@ def main(argv=None):
                     if base is None:
                         base = trained_section(ds, cfg)
                         res["trained"].append(base)
-                    entry = {}
+                    entry = {"command": cmd}
 
                     def on_point(out, entry=entry):
-                        if not entry:
+                        if len(entry) == 1:
                             res["ratio_curve"].append(entry)
-                        entry.clear()
                         entry.update(out)
                         save()
 
                     on_point(ratio_curve_section(ds, dec, args.ratio_curve, points, cfg, base, Path(tmp),
                                                  on_point=on_point))
-    elif args.keep and out_json.exists() and old.get("ratio_curve"):
+    if args.screen:
+        res["screen"] = []
+        base = next((t for t in res["trained"] if t["dataset"] == "digits"), None)
+        if base is None:
+            base = trained_section("digits", cfg)
+            res["trained"].append(base)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, extra in SCREEN.items():
+                res["screen"].append(dict(ratio_curve_section(
+                    "digits", "tiled", args.screen, [args.screen], cfg, base, Path(tmp) / name.replace(" ", "_"),
+                    ghn_extra=extra, finetune=False), variant=name))
+                save()
+    elif args.keep and out_json.exists() and old.get("screen"):
+        res["screen"] = old["screen"]
+        res.setdefault("sources", {})["screen"] = old.get("sources", {}).get("screen") or old.get("command")
+    if not args.ratio_curve and args.keep and out_json.exists() and old.get("ratio_curve"):
         res["ratio_curve"] = old["ratio_curve"]
         res.setdefault("sources", {})["ratio_curve"] = old.get("sources", {}).get("ratio_curve") or old.get("command")
     save()
