@@ -511,6 +511,8 @@ def _gmn_section(r: dict) -> list[str]:
                       f"({'met' if share >= 0.5 else 'not met'} on these seeds). Every configuration run at these settings is "
                       f"in the table: the best of {len(done)} is picked after the fact, so its share is "
                       f"an optimistic estimate."]
+    if r.get("note"):
+        lines += ["", r["note"]]
     lines.append("")
     return lines
 
