@@ -56,6 +56,20 @@ GRAPH_CASES = [("gmn", "mlp_relu", "param"), ("gmn", "small_cnn", "compact"), ("
                ("ngt", "resnet_basic", "compact"), ("ngt", "gpt", "param")]
 
 
+def assert_heads_follow(net, ws, p, g, pg, layout):
+    """The equivariant heads of ``net`` on a batch of 3 networks ``g`` and the same
+    networks permuted by ``p`` (``pg``): per-node outputs move with the neurons, and the
+    per-edge outputs are a network of the same architecture permuted like the input."""
+    N = ws.layout(layout).num_nodes
+    came_from = ws.node_index(p, layout)
+    nodes, pnodes = net.node_scores(g).view(3, N, -1), net.node_scores(pg).view(3, N, -1)
+    torch.testing.assert_close(pnodes, nodes[:, came_from], rtol=1e-9, atol=1e-9)
+    out, pout = ws.state_dicts(net.edit(g)), ws.state_dicts(net.edit(pg))
+    expect = ws.permute(out, p, batched=True)
+    for k in ws.weights:
+        torch.testing.assert_close(pout[k], expect[k], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind,name,layout", GRAPH_CASES)
 def test_graph_models_invariant_and_equivariant(kind, name, layout):
     ws, _ = space(name)
@@ -68,16 +82,7 @@ def test_graph_models_invariant_and_equivariant(kind, name, layout):
     to64 = lambda b: b.__copy__().update({"edge_attr": b.edge_attr.double()})  # noqa: E731
     g64, pg64 = to64(g), to64(pg)
     torch.testing.assert_close(net(pg64), net(g64), rtol=1e-9, atol=1e-9)
-    # per-node outputs move with the neurons
-    N = ws.layout(layout).num_nodes
-    came_from = ws.node_index(p, layout)
-    nodes, pnodes = net.node_scores(g64).view(3, N, -1), net.node_scores(pg64).view(3, N, -1)
-    torch.testing.assert_close(pnodes, nodes[:, came_from], rtol=1e-9, atol=1e-9)
-    # per-edge outputs are a network of the same architecture, permuted like the input
-    out, pout = ws.state_dicts(net.edit(g64)), ws.state_dicts(net.edit(pg64))
-    expect = ws.permute(out, p, batched=True)
-    for k in ws.weights:
-        torch.testing.assert_close(pout[k], expect[k], rtol=1e-5, atol=1e-6)
+    assert_heads_follow(net, ws, p, g64, pg64, layout)
 
 
 @pytest.mark.parametrize("name", ["mlp_relu", "small_cnn", "cnn_flatten"])

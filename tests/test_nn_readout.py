@@ -5,7 +5,7 @@ Each stays exactly invariant (equivariant for the heads) under the weight space'
 permutations, and under scalings / sign flips with ``canonical``."""
 import pytest
 import torch
-from test_nn import double, permuted, space, stack
+from test_nn import assert_heads_follow, double, permuted, space, stack
 
 from metanet.graph import SharedBatch, collate
 from metanet.nn import GMN, StatNN
@@ -45,14 +45,7 @@ def test_options_keep_invariance_and_equivariance(name, layout, opt):
     assert out.shape == (3, 2)
     torch.testing.assert_close(net(pg), out, rtol=1e-9, atol=1e-9)
     # the heads stay equivariant (the aggregation option changes the layers)
-    N = ws.layout(layout).num_nodes
-    came_from = ws.node_index(p, layout)
-    nodes, pnodes = net.node_scores(g).view(3, N, -1), net.node_scores(pg).view(3, N, -1)
-    torch.testing.assert_close(pnodes, nodes[:, came_from], rtol=1e-9, atol=1e-9)
-    edited, pedited = ws.state_dicts(net.edit(g)), ws.state_dicts(net.edit(pg))
-    expect = ws.permute(edited, p, batched=True)
-    for k in ws.weights:
-        torch.testing.assert_close(pedited[k], expect[k], rtol=1e-5, atol=1e-6)
+    assert_heads_follow(net, ws, p, g, pg, layout)
     # a shared-structure batch of the same networks gives the same outputs
     net32 = net.float()
     torch.testing.assert_close(net32(SharedBatch.of(ws, stacked, layout)), net32(ws.graphs(stacked, layout)),
