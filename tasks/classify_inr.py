@@ -28,7 +28,7 @@ __all__ = ["INRConfig", "run"]
 @dataclass(frozen=True)
 class INRConfig:
     zoo: str
-    model: str = "gmn"                # gmn | ngt | nfn | statnn
+    model: str = "gmn"                # gmn | gmn_hybrid | ngt | nfn | statnn
     out: str = "out/inr"
     target: str = "label"             # the class field of each INR's record
     num_classes: int = 10

@@ -42,7 +42,7 @@ __all__ = ["AccuracyConfig", "Result", "run", "kendall_tau", "r2_score", "zoo_ba
 @dataclass(frozen=True)
 class AccuracyConfig:
     zoo: str                          # zoo folder or hf://user/repo
-    model: str = "gmn"                # gmn | ngt | nfn | statnn
+    model: str = "gmn"                # gmn | gmn_hybrid | ngt | nfn | statnn
     out: str = "out/accuracy"
     target: str = "test_acc"          # metric predicted
     steps: str = "all"                # "all" checkpoints of every network, or "last"
@@ -245,6 +245,9 @@ def build_model(kind: str, zoo, *, layout: str, hidden: int, layers: int, out_di
     width = max(ws.layout(layout).width for ws in spaces)
     if kind == "gmn":
         return GMN(in_width=width, hidden=hidden, layers=layers, out_dim=out_dim)
+    if kind == "gmn_hybrid":    # GMN + StatNN's statistics of the input weights, outputs summed
+        return GMN(in_width=width, hidden=hidden, layers=layers, out_dim=out_dim,
+                   weight_stats_bins=8, weight_stats_fusion="sum")
     if kind == "ngt":
         return NGT(in_width=width, hidden=hidden, layers=layers, heads=4 if hidden % 4 == 0 else 1,
                    out_dim=out_dim)
@@ -255,7 +258,7 @@ def build_model(kind: str, zoo, *, layout: str, hidden: int, layers: int, out_di
         return NFN.for_space(spaces[0], layout, "hnp", hidden=hidden, layers=layers, out_dim=out_dim)
     if kind == "statnn":
         return StatNN(hidden=max(hidden, 32), out_dim=out_dim)
-    raise ValueError(f"unknown model {kind!r}: gmn, ngt, nfn or statnn")
+    raise ValueError(f"unknown model {kind!r}: gmn, gmn_hybrid, ngt, nfn or statnn")
 
 
 def load_model(path: str | Path):

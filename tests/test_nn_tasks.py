@@ -36,7 +36,7 @@ def test_metrics_against_hand_computed_values():
     assert r2_score([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("model", ["gmn"])
+@pytest.mark.parametrize("model", ["gmn", "gmn_hybrid"])
 def test_predict_accuracy_runs_and_keeps_the_best(cnn_zoo, tmp_path, model):
     cfg = AccuracyConfig(zoo=str(cnn_zoo), model=model, out=str(tmp_path / model), epochs=2, batch_size=8,
                          hidden=8, layers=1, progress=False)

@@ -12,7 +12,8 @@ from dataclasses import fields
 def _add_common(p: argparse.ArgumentParser, config_cls) -> None:
     defaults = {f.name: f.default for f in fields(config_cls)}
     p.add_argument("--zoo", required=True, help="zoo folder or hf://user/repo")
-    p.add_argument("--model", default=defaults["model"], choices=["gmn", "ngt", "nfn", "statnn"])
+    p.add_argument("--model", default=defaults["model"], choices=["gmn", "gmn_hybrid", "ngt", "nfn", "statnn"],
+                   help="gmn_hybrid: GMN plus StatNN's weight statistics, outputs summed")
     p.add_argument("--out", default=defaults["out"], help="output folder (best/, metrics.jsonl, plots)")
     p.add_argument("--epochs", type=int, default=defaults["epochs"])
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"])

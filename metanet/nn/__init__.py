@@ -19,7 +19,8 @@ from .nfn import NFN, NPLayer, nfn_spec
 from .ngt import NGT, NGTLayer
 from .statnn import StatNN
 
-MODELS = {"gmn": GMN, "ngt": NGT, "nfn": NFN, "statnn": StatNN}
+# task model names -> the class that loads them (gmn_hybrid: a GMN with weight_stats_bins)
+MODELS = {"gmn": GMN, "gmn_hybrid": GMN, "ngt": NGT, "nfn": NFN, "statnn": StatNN}
 
 __all__ = ["GMN", "GMNLayer", "GraphEncoder", "GraphInput", "MODELS", "NFN", "NGT", "NGTLayer",
            "NPLayer", "RoleNorm", "StatNN", "canonicalize", "nfn_spec"]
