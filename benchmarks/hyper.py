@@ -859,6 +859,8 @@ def main(argv=None):
                           ("predict", "trained")):
             if name in args.skip:
                 res[key] = old.get(key, [])
+        if "predict" in args.skip:   # kept sections still cover the datasets they measured
+            res["datasets"] = list(dict.fromkeys([*old.get("datasets", []), *args.datasets]))
 
     cmd = " ".join(["python benchmarks/hyper.py", *(argv if argv is not None else sys.argv[1:])])
     if args.md_only:
@@ -920,7 +922,8 @@ def main(argv=None):
         points = sorted({p for p in args.ratio_points if p < args.ratio_curve} | {args.ratio_curve})
         planned = {(ds, dec) for dec in args.ratio_decoders for ds in args.datasets}
         # with --keep, entries this run does not redo stay (each names the command that measured it)
-        res["ratio_curve"] = [dict(e, command=e.get("command") or old.get("command"))
+        res["ratio_curve"] = [dict(e, command=e.get("command") or old.get("sources", {}).get("ratio_curve")
+                                   or old.get("command"))
                               for e in (old.get("ratio_curve", []) if args.keep and out_json.exists() else [])
                               if (e["dataset"], e["decoder"]) not in planned]
         with tempfile.TemporaryDirectory() as tmp:
