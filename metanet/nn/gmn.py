@@ -10,7 +10,7 @@ from torch_geometric.nn import MessagePassing
 from .canonical import canonicalize
 from .base import GraphMetanet
 from .inputs import NUM_KINDS, NUM_ROLES, POOL_STATS, GraphInput, mlp
-from .statnn import weight_statistics
+from .statnn import fit_standardisation, role_depth_groups, weight_statistics
 
 READOUTS = ("mean", "pna")
 
@@ -93,14 +93,11 @@ class WeightStats(nn.Module):
         self.register_buffer("feat_std", torch.ones(dim))
 
     def features(self, g: GraphInput) -> Tensor:
-        gid = g.edge_role * self.bins + (g.edge_geo[..., 0] * self.bins).long().clamp(0, self.bins - 1)
-        return weight_statistics(g, gid, NUM_ROLES * self.bins).to(self.feat_mean.dtype)
+        return weight_statistics(g, role_depth_groups(g, self.bins), NUM_ROLES * self.bins).to(self.feat_mean.dtype)
 
     @torch.no_grad()
     def fit(self, inputs) -> "WeightStats":
-        feats = torch.cat([self.features(g) for g in inputs])
-        self.feat_mean.copy_(feats.mean(0))
-        self.feat_std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=1e-6))
+        fit_standardisation(self.feat_mean, self.feat_std, torch.cat([self.features(g) for g in inputs]))
         return self
 
     def forward(self, g: GraphInput) -> Tensor:

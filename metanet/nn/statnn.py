@@ -69,6 +69,20 @@ def weight_statistics(g: GraphInput, gid: Tensor, groups: int) -> Tensor:
     return stats.reshape(B, -1)
 
 
+def role_depth_groups(g: GraphInput, bins: int) -> Tensor:
+    """Each edge's statistics group: its tensor role and its layer's depth bin."""
+    return g.edge_role * bins + (g.edge_geo[..., 0] * bins).long().clamp(0, bins - 1)
+
+
+@torch.no_grad()
+def fit_standardisation(mean: Tensor, std: Tensor, feats: Tensor) -> None:
+    """Write the per-feature mean and deviation of ``feats`` [n, dim] (a training split's
+    statistics) into the buffers ``mean`` and ``std`` (1 where a feature is constant or
+    seen once)."""
+    mean.copy_(feats.mean(0))
+    std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=1e-6))
+
+
 class StatNN(nn.Module, PyTorchModelHubMixin):
     """Weight statistics per (role, depth bin) or per tensor, standardised, into an MLP.
 
@@ -99,15 +113,12 @@ class StatNN(nn.Module, PyTorchModelHubMixin):
             if int(gid[g.edge_role < _STRUCT].max()) >= self.num_tensors:
                 raise ValueError(f"a graph has more than num_tensors={self.num_tensors} tensors")
         else:
-            depth_bin = (g.edge_geo[..., 0] * self.bins).long().clamp(0, self.bins - 1)
-            gid = g.edge_role * self.bins + depth_bin
+            gid = role_depth_groups(g, self.bins)
         return weight_statistics(g, gid, self.groups).to(self.feat_mean.dtype)
 
     @torch.no_grad()
     def fit_normalization(self, batches) -> "StatNN":
-        feats = torch.cat([self.features(b) for b in batches])
-        self.feat_mean.copy_(feats.mean(0))
-        self.feat_std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=1e-6))
+        fit_standardisation(self.feat_mean, self.feat_std, torch.cat([self.features(b) for b in batches]))
         return self
 
     def forward(self, graphs) -> Tensor:
