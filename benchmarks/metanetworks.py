@@ -208,6 +208,14 @@ GMN_VARIANTS = {
 }
 
 
+READOUT_NORM = None   # --readout-norm: GMN's and NGT's readout_norm in the parts run (None: off)
+
+
+def _graph_model(model: str) -> bool:
+    """Whether ``model`` is a GMN or NGT (reads ``readout_norm``)."""
+    return model in ("gmn", "ngt", "gmn_hybrid", "gmn_wide") or model in GMN_VARIANTS
+
+
 def _ready_model(model: str, zoo_path, cfg):
     """A model the task's build_model does not make by name: the public NFN-HNP, or a
     GMN variant of GMN_VARIANTS (otherwise as build_model's GMN)."""
@@ -220,7 +228,7 @@ def _ready_model(model: str, zoo_path, cfg):
         from tasks.predict_accuracy import build_model
 
         plain = build_model("gmn", Zoo.open(zoo_path), layout=cfg.layout, hidden=cfg.hidden,
-                            layers=cfg.layers, out_dim=1)
+                            layers=cfg.layers, out_dim=1, readout_norm=READOUT_NORM)
         return GMN(**{**plain._hub_mixin_config, **GMN_VARIANTS[model]})
     return None
 
@@ -233,6 +241,7 @@ def _regress(zoo_path, model: str, seed: int, epochs: int, max_train, tag: str):
                          else {"nfn_public": "nfn"}.get(model, model),
                          out=str(ROOT / "out" / "bench" / f"{tag}_{model}_{seed}"), epochs=epochs,
                          seed=seed, max_train=max_train, progress=False,
+                         readout_norm=READOUT_NORM if _graph_model(model) else None,
                          **({"hidden": WIDE} if model == "gmn_wide" else {}))
     return fit(cfg, out_dim=1, loss_fn=lambda p, y: ((p.squeeze(-1) - y) ** 2).mean(),
                scores_fn=_regression_scores, key="tau", model=_ready_model(model, zoo_path, cfg))
@@ -262,22 +271,28 @@ def accuracy_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None
     return rows
 
 
-def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int | None, rows: list) -> list[dict]:
+UNSEEN_MODELS = ("gmn", "ngt")   # default; StatNN and NFN read one architecture's layout only
+
+
+def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int | None, rows: list,
+                models=UNSEEN_MODELS) -> list[dict]:
     """GMN and NGT trained on the digits-CNN zoo (the accuracy part's best checkpoints
     when present, else trained here) scored on the test split of a zoo of wider and
     deeper CNNs they never saw, against the same model trained on that zoo's training
-    split (the same fixed split)."""
+    split (the same fixed split). ``models``: graph metanetworks (GMN, its variants, NGT);
+    others are skipped."""
     from zoo import Zoo
 
     from tasks.predict_accuracy import _regression_scores as scores
     from tasks.predict_accuracy import load_model, predict
 
     test = Zoo.open(wide).split([0.8, 0.1, 0.1], seed=0, by="job")[2]
-    for model in ("gmn", "ngt"):
+    for model in [m for m in models if _graph_model(m)]:
         transfer, native, secs = [], [], 0.0
         for seed in range(seeds):
             best = ROOT / "out" / "bench" / f"acc_{model}_{seed}" / "best"
-            if not (best / "task.json").exists() or json.loads((best / "task.json").read_text())["config"]["zoo"] != str(cnn):
+            saved = json.loads((best / "task.json").read_text())["config"] if (best / "task.json").exists() else {}
+            if saved.get("zoo") != str(cnn) or saved.get("readout_norm") != READOUT_NORM:
                 _regress(cnn, model, seed, epochs, max_train, "acc")
             net, _ = load_model(best)
             pred, y = predict(net, zoo_batches(test, 64, "compact", target="test_acc"))
@@ -319,7 +334,7 @@ def _inr_model(model: str, zoo_path, cfg):
         from tasks.predict_accuracy import build_model
 
         plain = build_model("gmn", z, layout=cfg.layout, hidden=cfg.hidden, layers=cfg.layers,
-                            out_dim=cfg.num_classes)
+                            out_dim=cfg.num_classes, readout_norm=cfg.readout_norm)
         return GMN(**{**plain._hub_mixin_config, "canonical": "both"})
     return None
 
@@ -337,7 +352,8 @@ def inr_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, row
         for seed in range(seeds):
             cfg = INRConfig(zoo=str(zoo_path), model={"nfn_public": "nfn", "gmn_canonical": "gmn"}.get(model, model),
                             out=str(ROOT / "out" / "bench" / f"inr_{model}_{seed}"), epochs=epochs, seed=seed,
-                            max_train=max_train, batch_size=INR_BATCH, progress=False)
+                            max_train=max_train, batch_size=INR_BATCH, progress=False,
+                            readout_norm=READOUT_NORM if _graph_model(model) else None)
             result = fit(cfg, out_dim=cfg.num_classes, loss_fn=F.cross_entropy, scores_fn=_scores, key="acc",
                          target_fn=lambda v: v.targets("label", dtype=torch.long), split_by="image",
                          model=_inr_model(model, zoo_path, cfg))
@@ -441,8 +457,10 @@ def write_markdown(res: dict, path: Path) -> None:
             cap = f", at most {st['max_train']} training checkpoints" if st.get("max_train") else ""
             load = f", load average {st['machine_load']:.1f} at the start" if "machine_load" in st else ""
             which = f" ({st['models']})" if st.get("models") else ""
+            norm = (f", GMN and NGT with readout_norm={st['readout_norm']!r} (pooled features standardised "
+                    f"across networks)" if st.get("readout_norm") else "")
             out.append(f"`{st['command']}`{which}: {st.get('seeds', res['seeds'])} seed(s), "
-                       f"{st.get('epochs', res['epochs'])} epochs{cap}{load}")
+                       f"{st.get('epochs', res['epochs'])} epochs{cap}{norm}{load}")
         secs = sum(r.get("seconds", 0) for r in res.get(part) or [] if isinstance(r, dict))
         took = f"; {secs / 60:.0f} min of training in all" if secs else ""
         return "; then ".join(out) + took + "."
@@ -485,9 +503,10 @@ def write_markdown(res: dict, path: Path) -> None:
         L += [f"## Mixed architectures ({res['mixed_zoo']}: {size}small CNNs, tiny ResNets, transformers; every "
               "saved step, test split)", "", setting("mixed"), ""] + regression_table(res["mixed"], names)
         by = {r["model"]: r["tau"][0] for r in res["mixed"]}
-        if "gmn" in by and "statnn" in by:
-            L += ["", f"GMN − StatNN: {by['gmn'] - by['statnn']:+.3f} τ (target ≥ +0.08). StatNN pools its "
-                  "statistics per (tensor role, depth bin), NFN does not apply."]
+        if "statnn" in by:
+            L += [""] + [f"{names.get(m, m)} − StatNN: {by[m] - by['statnn']:+.3f} τ (target for GMN ≥ +0.08).  "
+                         for m in by if _graph_model(m)]
+            L.append("StatNN pools its statistics per (tensor role, depth bin), NFN does not apply.")
         L.append("")
     if res.get("unseen"):
         n = res["unseen"][0]["test_checkpoints"]
@@ -506,6 +525,21 @@ def write_markdown(res: dict, path: Path) -> None:
         inr_names = {**names, "nfn": "NFN-NP (ours)", "nfn_public": "NFN-NP (public nfn)"}
         for r in res["inr"]:
             L.append(f"| {inr_names.get(r['model'], r['model'])} | {fmt(r['acc'])} |")
+        acc = {r["model"]: r["acc"][0] for r in res["inr"]}
+        if len(res.get("part_runs", {}).get("inr", [])) == 1:   # margins only between rows of one command
+            L.append("")
+            if "gmn" in acc and "nfn" in acc:
+                L.append(f"GMN − NFN-NP (ours): {100 * (acc['gmn'] - acc['nfn']):+.1f} points (target ≥ +2).  ")
+            if "gmn" in acc and "gmn_canonical" in acc:
+                L.append(f"Scale/sign-aware GMN − GMN: {100 * (acc['gmn_canonical'] - acc['gmn']):+.1f} points "
+                         f"(target > 0).  ")
+        if any(st.get("readout_norm") for st in res.get("part_runs", {}).get("inr", [])):
+            L += ["", "readout_norm='batch' (GMN's and NGT's option, off by default): the pooled readout "
+                  "features standardised across the networks of a batch (running statistics at evaluation). "
+                  "Without it the pooled features of these SIRENs differ by a few percent from network to "
+                  "network, plain GMN and NGT do not fit even the training split (training loss stays at "
+                  "ln 10) and test at chance: 0.076 ± 0.026 and 0.063 ± 0.003 in the run this one replaces "
+                  "(`--models statnn,nfn_public,gmn,ngt`, 3 seeds, 6 epochs)."]
         L += ["", f"Batches of {INR_BATCH}; chance is 0.10; the split is by image (one INR per image). The zoo: "
               "`metanet zoo build --recipe digits_siren --n 1797 --options '{\"views\": 1}'` (every digits image "
               "resampled to 16x16, DWSNets' SIREN init; with the paper's SIREN init every model here stays at "
@@ -538,7 +572,12 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="convert,accuracy,mixed,unseen,inr,throughput")
     ap.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints per task")
     ap.add_argument("--models", default=None,
-                    help="accuracy and inr parts: only these models (comma-separated); the JSON keeps the other rows")
+                    help="accuracy and inr parts: only these models (comma-separated), the JSON keeps the other "
+                         "rows; mixed and unseen parts: these models instead of their defaults (statnn,gmn,ngt and "
+                         "gmn,ngt; the unseen part skips models that read one architecture only)")
+    ap.add_argument("--readout-norm", default="none", choices=["none", "batch"],
+                    help="GMN and NGT (and GMN variants) in the parts run: 'batch' standardises their pooled "
+                         "readout features across networks (metanet.nn.GMN's readout_norm); default none")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
@@ -548,6 +587,8 @@ def main(argv=None) -> int:
     if args.throughput_one:
         print(json.dumps(throughput_one(Path(args.zoo), args.throughput_one, args.throughput_steps)))
         return 0
+    global READOUT_NORM
+    READOUT_NORM = None if args.readout_norm == "none" else args.readout_norm
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (1 if args.quick else 8)
     parts = set(args.parts.split(","))
@@ -566,7 +607,8 @@ def main(argv=None) -> int:
         res = {**keep, **res}
     for part in parts:   # a run of some accuracy models (--models) adds its command to the part's
         st = {"command": res["command"], "seeds": seeds, "epochs": epochs, "max_train": args.max_train,
-              "machine_load": os.getloadavg()[0], "models": args.models if part in ("accuracy", "inr") else None}
+              "machine_load": os.getloadavg()[0], "models": args.models if part != "throughput" else None,
+              "readout_norm": READOUT_NORM if part != "throughput" else None}
         runs = res.setdefault("part_runs", {})
         runs[part] = (runs.get(part, []) if part in ("accuracy", "inr") and args.models else []) + [st]
 
@@ -601,15 +643,16 @@ def main(argv=None) -> int:
         res["mixed_architectures"] = len({json.dumps([mz.record(i)["arch"], mz.record(i)["arch_kwargs"]], sort_keys=True)
                                           for i in range(len(mz))})
         res["mixed"] = []
-        accuracy_part(mixed, seeds, epochs, args.max_train, res["mixed"], models=("statnn", "gmn", "ngt"),
-                      tag="mixed")
+        accuracy_part(mixed, seeds, epochs, args.max_train, res["mixed"],
+                      models=args.models.split(",") if args.models else ("statnn", "gmn", "ngt"), tag="mixed")
         save()
     if "unseen" in parts:
         cnn = cnn or ensure_zoo("digits_cnn", 100 if args.quick else 1000, args.quick)
         wide = ensure_zoo("digits_cnn_wide", 60 if args.quick else 300, args.quick)
         res["unseen_zoo"] = str(wide.relative_to(ROOT))
         res["unseen"] = []
-        unseen_part(cnn, wide, seeds, epochs, args.max_train, res["unseen"])
+        unseen_part(cnn, wide, seeds, epochs, args.max_train, res["unseen"],
+                    **({"models": args.models.split(",")} if args.models else {}))
         save()
     if "inr" in parts:
         siren = ensure_zoo("digits_siren", 100 if args.quick else 1797, args.quick, {"views": 1})

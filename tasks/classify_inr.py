@@ -46,6 +46,8 @@ class INRConfig:
     max_train: int | None = None
     preload: bool = True              # read a split of one or a few architectures into memory once
     progress: bool = True
+    readout_norm: str | None = None   # GMN/NGT: "batch" standardises pooled features across networks
+                                      # (without it plain GMN and NGT stay at chance on digits SIRENs)
 
 
 def _scores(logits, y) -> dict:

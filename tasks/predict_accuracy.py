@@ -59,6 +59,7 @@ class AccuracyConfig:
     max_train: int | None = None      # cap on training checkpoints (smoke runs)
     preload: bool = True              # read a split of one or a few architectures into memory once
     progress: bool = True
+    readout_norm: str | None = None   # GMN/NGT: "batch" standardises pooled features across networks
 
 
 @dataclass
@@ -236,21 +237,27 @@ class Preloaded:
 
 
 # ----------------------------------------------------------------------------- model
-def build_model(kind: str, zoo, *, layout: str, hidden: int, layers: int, out_dim: int):
-    """A fresh metanetwork of ``kind`` sized for the architectures of ``zoo``."""
+def build_model(kind: str, zoo, *, layout: str, hidden: int, layers: int, out_dim: int,
+                readout_norm: str | None = None):
+    """A fresh metanetwork of ``kind`` sized for the architectures of ``zoo``;
+    ``readout_norm`` is GMN's and NGT's option (:class:`metanet.nn.GMN`), refused for
+    the models without that readout."""
     from metanet.nn import GMN, NFN, NGT, StatNN
 
     groups = _by_arch(zoo, range(len(zoo)), symmetries=False)   # the models read the graph, not the scalings
     spaces = [zoo.weight_space(g[0]) for g in groups.values()]
     width = max(ws.layout(layout).width for ws in spaces)
+    norm = {} if readout_norm is None else {"readout_norm": readout_norm}
+    if norm and kind not in ("gmn", "gmn_hybrid", "ngt"):
+        raise ValueError(f"readout_norm is an option of gmn, gmn_hybrid and ngt, not of {kind!r}")
     if kind == "gmn":
-        return GMN(in_width=width, hidden=hidden, layers=layers, out_dim=out_dim)
+        return GMN(in_width=width, hidden=hidden, layers=layers, out_dim=out_dim, **norm)
     if kind == "gmn_hybrid":    # GMN + StatNN's statistics of the input weights, outputs summed
         return GMN(in_width=width, hidden=hidden, layers=layers, out_dim=out_dim,
-                   weight_stats_bins=8, weight_stats_fusion="sum")
+                   weight_stats_bins=8, weight_stats_fusion="sum", **norm)
     if kind == "ngt":
         return NGT(in_width=width, hidden=hidden, layers=layers, heads=4 if hidden % 4 == 0 else 1,
-                   out_dim=out_dim)
+                   out_dim=out_dim, **norm)
     if kind == "nfn":
         if len(spaces) > 1:
             raise ValueError(f"NFN reads one MLP/CNN weight space; this zoo holds {len(spaces)} "
@@ -340,7 +347,8 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     # model, with its input statistics from (a few) training batches
     if model is None:
         model = build_model(config.model, train, layout=config.layout, hidden=config.hidden,
-                            layers=config.layers, out_dim=out_dim)
+                            layers=config.layers, out_dim=out_dim,
+                            readout_norm=getattr(config, "readout_norm", None))
     model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
     torchrun.broadcast(model)       # every process starts from rank 0's model
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

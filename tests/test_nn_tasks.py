@@ -62,6 +62,22 @@ def test_classify_inr_with_nfn(inr_zoo, tmp_path):
     assert (tmp_path / "inr" / "confusion.png").exists()
 
 
+def test_classify_inr_with_the_readout_norm(inr_zoo, tmp_path):
+    """INRConfig.readout_norm reaches the GMN it builds and its saved best model; the
+    models without that readout refuse it."""
+    from metanet.nn.base import ReadoutNorm
+    from tasks.predict_accuracy import build_model
+
+    result = run_inr(INRConfig(zoo=str(inr_zoo), model="gmn", out=str(tmp_path / "inr"), epochs=1, batch_size=8,
+                               hidden=8, layers=1, progress=False, readout_norm="batch"))
+    loaded, meta = load_model(result.best_dir)
+    assert isinstance(loaded.readout_norm, ReadoutNorm) and meta["config"]["readout_norm"] == "batch"
+    assert loaded.readout_norm.num_batches_tracked.item() > 0   # running statistics were saved
+    with pytest.raises(ValueError, match="readout_norm is an option of gmn"):
+        build_model("nfn", Zoo.open(inr_zoo), layout="compact", hidden=8, layers=1, out_dim=10,
+                    readout_norm="batch")
+
+
 def test_train_and_predict_commands(cnn_zoo, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["train", "accuracy", "--zoo", str(cnn_zoo), "--model", "nfn", "--out", str(out),

@@ -26,6 +26,8 @@ def _add_common(p: argparse.ArgumentParser, config_cls) -> None:
     p.add_argument("--seed", type=int, default=defaults["seed"])
     p.add_argument("--split-seed", type=int, default=defaults["split_seed"])
     p.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints")
+    p.add_argument("--readout-norm", default=None, choices=["batch"],
+                   help="gmn/gmn_hybrid/ngt: standardise the pooled readout features across networks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -33,7 +35,7 @@ def _config(config_cls, args, **extra):
     return config_cls(zoo=args.zoo, model=args.model, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, hidden=args.hidden, layers=args.layers,
                       layout=args.layout, steps=args.steps, seed=args.seed, split_seed=args.split_seed,
-                      max_train=args.max_train, progress=not args.quiet, **extra)
+                      max_train=args.max_train, progress=not args.quiet, readout_norm=args.readout_norm, **extra)
 
 
 def _report(result) -> int:

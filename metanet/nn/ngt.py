@@ -72,12 +72,13 @@ class NGTLayer(nn.Module):
 
 class NGT(GraphMetanet, PyTorchModelHubMixin):
     """Graph transformer metanetwork; the same interface as :class:`~metanet.nn.GMN`
-    (``model(graphs)`` invariant, ``edit``, ``node_scores``; ``value_scales`` and
-    ``readout_bins`` as there)."""
+    (``model(graphs)`` invariant, ``edit``, ``node_scores``; ``value_scales``,
+    ``readout_bins`` and ``readout_norm`` as there)."""
 
     def __init__(self, in_width: int = 1, hidden: int = 64, layers: int = 3, heads: int = 4,
                  out_dim: int = 1, edge_out: int | None = None, node_out: int = 1,
-                 value_scales: tuple[float, ...] = (1.0, 10.0, 100.0), readout_bins: int = 4):
+                 value_scales: tuple[float, ...] = (1.0, 10.0, 100.0), readout_bins: int = 4,
+                 readout_norm: str | None = None):
         super().__init__()
         self._build(nn.ModuleList(NGTLayer(hidden, heads) for _ in range(layers)), in_width, hidden,
-                    out_dim, edge_out, node_out, tuple(value_scales), readout_bins)
+                    out_dim, edge_out, node_out, tuple(value_scales), readout_bins, readout_norm)
