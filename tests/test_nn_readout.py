@@ -140,3 +140,15 @@ def test_bad_options_are_refused():
     g = shared("small_cnn", stack("small_cnn"))
     with pytest.raises(ValueError, match="pooling statistics"):
         GraphInput.of(g).pool_edges_by_group(torch.zeros(3, g.edge_attr.shape[1], 4), 2, ("median",))
+
+
+def test_statistics_sizes_follow_statnn():
+    """The statistics path sizes its features from StatNN's number of statistics per group."""
+    from metanet.nn.statnn import NUM_STATS
+
+    g = GraphInput.of(shared("small_cnn", stack("small_cnn")))
+    for bins in (2, 5):
+        path = WeightStats(bins)
+        n = path.features(g).shape[-1]
+        assert n == path.feat_mean.numel() == StatNN(bins=bins).feat_mean.numel() == n // NUM_STATS * NUM_STATS
+        assert GMN(weight_stats_bins=bins, weight_stats_fusion="sum").stats_head[0].in_features == n

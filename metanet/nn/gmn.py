@@ -10,7 +10,7 @@ from torch_geometric.nn import MessagePassing
 from .canonical import canonicalize
 from .base import GraphMetanet, readout_norm_layer
 from .inputs import NUM_KINDS, NUM_ROLES, POOL_STATS, GraphInput, mlp
-from .statnn import fit_standardisation, role_depth_groups, weight_statistics
+from .statnn import NUM_STATS, fit_standardisation, role_depth_groups, weight_statistics
 
 READOUTS = ("mean", "pna")
 
@@ -88,7 +88,7 @@ class WeightStats(nn.Module):
     def __init__(self, bins: int):
         super().__init__()
         self.bins = bins
-        dim = NUM_ROLES * bins * 8
+        dim = NUM_ROLES * bins * NUM_STATS
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
 
@@ -176,12 +176,12 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
             if readout == "pna":
                 width += NUM_KINDS * readout_bins * k * hidden
             if concat:
-                width += NUM_ROLES * weight_stats_bins * 8
+                width += NUM_ROLES * weight_stats_bins * NUM_STATS
             self.readout = mlp([width, hidden, out_dim])
             self.readout_norm = readout_norm_layer(readout_norm, width)
         if weight_stats_bins and weight_stats_fusion == "sum":   # StatNN's MLP (as build_model sizes it)
             h = max(hidden, 32)
-            self.stats_head = mlp([NUM_ROLES * weight_stats_bins * 8, h, h, out_dim], act=nn.ReLU)
+            self.stats_head = mlp([NUM_ROLES * weight_stats_bins * NUM_STATS, h, h, out_dim], act=nn.ReLU)
 
     def _canonical(self, graphs):
         if self.canonical is None:

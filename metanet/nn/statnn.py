@@ -17,13 +17,13 @@ from ..graph.features import ROLE_INDEX, ROLES
 from .inputs import GraphInput, mlp
 
 _QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-_STATS = 3 + len(_QUANTILES)
+NUM_STATS = 3 + len(_QUANTILES)   # statistics per group: mean, variance, the quantiles, log(1 + count)
 _STRUCT = min(ROLE_INDEX["struct.concat"], ROLE_INDEX["struct.product"])
 
 
 def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
     """Mean, variance, quantiles and log(1 + count) of ``values`` per segment id in
-    [0, n): [n, 8]."""
+    [0, n): [n, NUM_STATS]."""
     values = values.double()
     count = torch.bincount(seg, minlength=n).double()
     s = torch.zeros(n, dtype=torch.float64).index_add_(0, seg, values)
@@ -46,7 +46,7 @@ def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
 
 def weight_statistics(g: GraphInput, gid: Tensor, groups: int) -> Tensor:
     """Statistics (:func:`segment_stats`) of the weight values of every graph of ``g``
-    per group id ``gid`` [E] in [0, groups), structural edges left out: [B, groups * 8]."""
+    per group id ``gid`` [E] in [0, groups), structural edges left out: [B, groups * NUM_STATS]."""
     keep = g.edge_role < _STRUCT        # weights only, not structural edges
     ea = g.edge_attr
     W = ea.shape[-1]
@@ -100,13 +100,13 @@ class StatNN(nn.Module, PyTorchModelHubMixin):
             raise ValueError("by='tensor' needs num_tensors (len(ws.weights))")
         self.by, self.bins, self.num_tensors = by, bins, num_tensors
         self.groups = len(ROLES) * bins if by == "role_depth" else num_tensors
-        dim = self.groups * _STATS
+        dim = self.groups * NUM_STATS
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
         self.net = mlp([dim, hidden, hidden, out_dim], act=nn.ReLU)
 
     def features(self, graphs) -> Tensor:
-        """The statistics of every graph: [B, groups * 8]."""
+        """The statistics of every graph: [B, groups * NUM_STATS]."""
         g = GraphInput.of(graphs)
         if self.by == "tensor":
             gid = graphs.edge_type.long()
