@@ -17,6 +17,7 @@ depend on the order of neurons.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,7 +53,19 @@ class MetaPruneConfig:
     open_gate: bool = False           # start at the identity with the gate open and the head's last layer zero
     batch_stats: bool = False         # meta-train with norms on batch statistics (train mode), as fine-tuning uses
     normalize: bool = False           # standardise the GMN's inputs per role (statistics of the meta-training zoo)
-    allocation: str = "uniform"       # meta's plan: "uniform" (same fraction per group) or "global" (metanet.prune)
+    allocation: str = "uniform"       # meta's plan: "uniform" (same fraction per group), "global" (metanet.prune)
+                                      # or "global_max": global on each group's norms divided by the group's
+                                      # largest (the published method's pruner: the edit sets each layer's share)
+    sparsity: str = "lasso"           # "lasso": lam * sum of group norms; "polarize": lam * the growing
+                                      # regularizer the published method meta-trains with (polarizing_penalty)
+    alpha: float = 16.0               # "polarize": the smallest neuron of a group is pushed alpha x the largest
+    pre_finetune: int = 0             # of the finetune_steps, steps spent on meta's edited network before it is
+                                      # pruned (the published pipeline's order); the total stays finetune_steps
+    apply_times: int = 1              # the metanetwork applied this many times (its output fed back in)
+    select_every: int = 0             # > 0: a snapshot every this many meta steps; the one used is the best on
+                                      # n_val_nets validation networks (mean accuracy of the meta pipeline over
+                                      # the speedups), as the published method picks its meta-training epoch
+    n_val_nets: int = 3               # with select_every: networks trained after the held-out ones, never tested
     lr: float = 1e-3
     speedups: tuple[float, ...] = (1.5, 2.0, 3.0)
     finetune_steps: int = 50
@@ -69,6 +82,7 @@ class MetaPruneResult:
     rows: list[dict] = field(default_factory=list)   # seed, method, speedup, flops_reduction, latency, accuracy
     meta_loss: list[float] = field(default_factory=list)
     spread: list[dict] = field(default_factory=list)   # group-norm spread of each held-out net before/after the edit
+    selection: list[dict] = field(default_factory=list)   # select_every: validation accuracy of each snapshot
 
     def mean(self, method: str, speedup: float) -> float:
         acc = [r["accuracy"] for r in self.rows if r["method"] == method and r["speedup"] == speedup]
@@ -134,6 +148,32 @@ def group_lasso(ws, stacked: dict[str, torch.Tensor], names: set[str], per_netwo
     return total if per_network else total.sum()
 
 
+def polarizing_penalty(ws, stacked: dict[str, torch.Tensor], names: set[str], alpha: float = 16.0,
+                       per_network: bool = False) -> torch.Tensor:
+    """The growing regularizer of DepGraph's group-norm pruner, which the published meta
+    pruning meta-trains with: ``0.5 * sum_i gamma_i * norm_i ** 2`` over the neurons of every
+    group, ``gamma_i = alpha ** ((max - norm_i) / (max - min))`` from the group's detached
+    norms, so its gradient is ``gamma_i * w`` on every slice of neuron ``i``: a weight decay
+    ``alpha`` times stronger on a group's smallest neuron than on its largest, which drives
+    the norms of a group apart instead of shrinking them all alike. Sum over networks (or
+    per network, ``[B]``)."""
+    total = None
+    for n in batched_group_norms(ws, stacked, names).values():
+        d = n.detach()
+        hi, lo = d.max(1, keepdim=True).values, d.min(1, keepdim=True).values
+        gamma = alpha ** ((hi - d) / (hi - lo).clamp_min(1e-12))
+        part = 0.5 * (gamma * n.pow(2)).sum(1)
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("no group has a tensor among the names given: nothing to regularize")
+    return total if per_network else total.sum()
+
+
+def _max_normalised(norms: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Each group's norms divided by the group's largest (along the last axis)."""
+    return {g: n / n.amax(-1, keepdim=True).clamp_min(1e-12) for g, n in norms.items()}
+
+
 def _reads(ws, gid: int, names: set[str]) -> list[tuple[str, int]]:
     """The axes of tensors in ``names`` that read the neurons of group ``gid`` (edge role "in")."""
     return [(n, a) for n, a in ws.group_axes(gid) if n in names and ws.spaces.roles.get(n, {}).get(a) == "in"]
@@ -182,6 +222,8 @@ def masked(ws, stacked: dict[str, torch.Tensor], names: set[str], ratio: float,
     raw = batched_group_norms(ws, stacked, names)
     norms = {g: n.detach() for g, n in raw.items()}
     keep = {}
+    if allocation == "global_max":
+        norms, allocation = _max_normalised(norms), "global"
     if allocation == "global":
         flat = torch.cat(list(norms.values()), 1)                          # [B, all neurons]
         n_remove = int(round(flat.shape[1] * ratio))
@@ -374,12 +416,18 @@ def load_meta_pruner(path, ws) -> MetaPruner:
 
 
 @torch.no_grad()
-def edit(meta: MetaPruner, model: nn.Module) -> nn.Module:
-    """One forward pass of the metanetwork: a copy of ``model`` with the edited weights."""
+def edit(meta: MetaPruner, model: nn.Module, times: int = 1) -> nn.Module:
+    """One forward pass of the metanetwork: a copy of ``model`` with the edited weights
+    (``times`` > 1: the output fed back in, that many passes in all)."""
     import copy
 
+    if times < 1:
+        raise ValueError(f"edit: times is the number of passes of the metanetwork, at least 1, got {times}")
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    new = {k: v[0] for k, v in meta({k: v.unsqueeze(0) for k, v in model.state_dict().items()}, params).items()}
+    new = {k: v.unsqueeze(0) for k, v in model.state_dict().items()}
+    for _ in range(times):
+        new = meta(new, params)
+    new = {k: v[0] for k, v in new.items()}
     out = copy.deepcopy(model)
     out.load_state_dict(new)
     return out.eval() if not model.training else out
@@ -403,13 +451,32 @@ def _accuracy(net: nn.Module, data) -> float:
     return float((net(data.x_test).argmax(-1) == data.y_test).float().mean())
 
 
+@torch.no_grad()
+def _train_accuracy(net: nn.Module, data) -> float:
+    net.eval()
+    return float((net(data.x_train).argmax(-1) == data.y_train).float().mean())
+
+
 def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], template: nn.Module, data,
-                gen: torch.Generator, log: Callable[[str], None], losses: list[float]) -> MetaPruner:
+                gen: torch.Generator, log: Callable[[str], None], losses: list[float],
+                snapshots: list | None = None) -> MetaPruner:
     """Meta-train a :class:`MetaPruner` on ``train_nets``: task loss of the edited networks,
     ``prune_aware`` x task loss of the edited networks with the neurons that magnitude
     pruning at a random ratio would remove zeroed (:func:`masked`), and ``lam`` x group
-    lasso of the edited networks."""
+    lasso (or, ``sparsity="polarize"``, :func:`polarizing_penalty`) of the edited networks.
+    With ``config.select_every`` and a list ``snapshots``, ``(step, state dict)`` is appended
+    every that many steps."""
+    import copy
+
     from tqdm.auto import tqdm
+
+    if config.sparsity not in ("lasso", "polarize"):
+        raise ValueError(f"MetaPruneConfig.sparsity is 'lasso' or 'polarize', got {config.sparsity!r}")
+
+    def penalty(stacked, per_network=False):
+        if config.sparsity == "polarize":
+            return polarizing_penalty(ws, stacked, params, config.alpha, per_network)
+        return group_lasso(ws, stacked, params, per_network)
 
     params = {n for n, _ in train_nets[0].named_parameters()}
     width = int(ws.layout("compact").width)
@@ -421,7 +488,7 @@ def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], templa
     if config.open_gate:
         meta.start_at_identity()
     if config.lasso_norm:   # each network's group lasso at the input, the unit of its edited group lasso
-        lasso0 = group_lasso(ws, stacked_all, params, per_network=True).detach()
+        lasso0 = penalty(stacked_all, per_network=True).detach()
     opt = torch.optim.AdamW(meta.parameters(), lr=config.lr)
     lo, hi = config.mask_ratios
 
@@ -446,9 +513,9 @@ def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], templa
         x, y = data.x_train[idx], data.y_train[idx]
         task = task_loss(new, x, y, len(pick))
         if config.lasso_norm:
-            sparsity = (group_lasso(ws, new, params, per_network=True) / lasso0[pick]).sum() / len(pick)
+            sparsity = (penalty(new, per_network=True) / lasso0[pick]).sum() / len(pick)
         else:
-            sparsity = group_lasso(ws, new, params) / len(pick)
+            sparsity = penalty(new) / len(pick)
         warm = config.lam_warmup * config.meta_steps
         lam = config.lam * min(1.0, (step + 1) / warm) if warm > 0 else config.lam
         loss = task + lam * sparsity
@@ -468,6 +535,8 @@ def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], templa
             log(f"  meta step {step + 1}/{config.meta_steps}: task {float(task.detach()):.3f}  pruned task "
                 f"{float(pruned_task):.3f}  group lasso {float(sparsity.detach()):.3g}  "
                 f"gate {float(meta.gate.detach()):.3f}")
+        if snapshots is not None and config.select_every > 0 and (step + 1) % config.select_every == 0:
+            snapshots.append((step + 1, copy.deepcopy(meta.state_dict())))
     return meta.eval()
 
 
@@ -511,30 +580,92 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
     # method -> (network pruned: the original or the metanetwork's output, criterion, allocation);
     # "meta (scores)" prunes the original network, keeping the neurons of largest norm in the output
     known = {"random": ("net", "random", "uniform"), "magnitude": ("net", "magnitude", "uniform"),
-             "magnitude (global)": ("net", "magnitude", "global"), "meta": ("edited", "magnitude", config.allocation),
+             "magnitude (global)": ("net", "magnitude", "global"),
+             "magnitude (global max)": ("net", "magnitude", "global_max"),
+             "meta": ("edited", "magnitude", config.allocation),
              "meta (scores)": ("net", "edited norms", config.allocation)}
     unknown = [m for m in config.methods if m not in known]
     if unknown:
         raise ValueError(f"MetaPruneConfig.methods: unknown {unknown}; known: {', '.join(known)}")
+    if not 0 <= config.pre_finetune <= config.finetune_steps:
+        raise ValueError(f"MetaPruneConfig.pre_finetune is a part of finetune_steps ({config.finetune_steps}), "
+                         f"got {config.pre_finetune}")
+    if config.apply_times < 1:
+        raise ValueError(f"MetaPruneConfig.apply_times is at least 1, got {config.apply_times}")
     methods = list(config.methods) + list(extra_methods or {})
+
+    tuned: dict = {}     # the pre-fine-tuned edited network of the network in hand
+
+    def prune_by(method: str, net: nn.Module, edited: nn.Module | None, s: float, seed: int, j: int,
+                 ws, params) -> tuple[nn.Module, float, int, list[int]]:
+        """(pruned model, FLOP reduction, fine-tune steps left, neurons kept per group) of a
+        known method."""
+        which, crit, alloc = known[method]
+        target, steps = net, config.finetune_steps
+        if which == "edited":
+            target = edited
+            if config.pre_finetune:   # the published order: the edited network is fine-tuned, then pruned
+                key = (id(edited), seed, j)
+                if key not in tuned:
+                    tuned.clear()
+                    tuned[key] = _train_net(copy.deepcopy(edited), data, config.pre_finetune, config.batch_size,
+                                            torch.Generator().manual_seed(10_000 + seed * 100 + j), lr=1e-3)
+                target = tuned[key]
+                steps -= config.pre_finetune
+        if crit == "edited norms":
+            crit = group_norms(ws, edited.state_dict(), 2, params)
+        if alloc == "global_max":
+            norms = group_norms(ws, target.state_dict(), 2, params) if crit == "magnitude" else crit
+            crit, alloc = _max_normalised(norms), "global"
+        res = prune(target, example, crit, speedup=s, latency=False, ws=ws, allocation=alloc,
+                    generator=torch.Generator().manual_seed(seed * 100 + j))
+        return res.model, res.flops_reduction, steps, [res.groups.get(g.id, (g.size, g.size))[1] for g in ws.groups]
 
     for seed in config.seeds:
         # -- zoo: networks trained here; the held-out ones are never seen in meta-training
         gen = torch.Generator().manual_seed(seed)
         nets = []
+        n_val = config.n_val_nets if config.select_every > 0 else 0
         t0 = time.perf_counter()
-        for i in tqdm(range(config.n_train_nets + config.n_test_nets), desc=f"seed {seed}: training the zoo",
+        for i in tqdm(range(config.n_train_nets + config.n_test_nets + n_val), desc=f"seed {seed}: training the zoo",
                       disable=not config.progress, leave=False):
             torch.manual_seed(1000 * seed + i)
             nets.append(_train_net(make(), data, config.net_steps, config.batch_size, gen))
-        train_nets, test_nets = nets[:config.n_train_nets], nets[config.n_train_nets:]
+        # validation networks are trained last, so that the others are those of a run without them
+        train_nets = nets[:config.n_train_nets]
+        test_nets = nets[config.n_train_nets:config.n_train_nets + config.n_test_nets]
+        val_nets = nets[config.n_train_nets + config.n_test_nets:]
         log(f"seed {seed}: trained {len(nets)} networks in {time.perf_counter() - t0:.0f} s, held-out accuracy "
             + ", ".join(f"{100 * _accuracy(n, data):.1f}" for n in test_nets))
 
         # -- meta-training
         ws = WeightSpace.of(train_nets[0], example)
         params = {n for n, _ in train_nets[0].named_parameters()}
-        meta = _meta_train(config, ws, train_nets, make().eval(), data, gen, log, result.meta_loss)
+        snapshots: list = []
+        meta = _meta_train(config, ws, train_nets, make().eval(), data, gen, log, result.meta_loss, snapshots)
+        if val_nets and snapshots:
+            # the snapshot whose meta pipeline does best on the validation networks (accuracy on
+            # the training split after the fine-tune; the test split is left to the held-out nets)
+            scores = []
+            for step, state in snapshots:
+                meta.load_state_dict(state)
+                meta.eval()
+                acc = []
+                for j, vnet in enumerate(val_nets):
+                    ed = edit(meta, vnet, config.apply_times)
+                    for s in config.speedups:
+                        model, _, steps, _ = prune_by("meta", vnet, ed, s, seed, 50 + j, ws, params)
+                        model = _train_net(model, data, steps, config.batch_size,
+                                           torch.Generator().manual_seed(seed * 100 + 50 + j), lr=1e-3)
+                        acc.append(_train_accuracy(model, data))
+                scores.append(sum(acc) / len(acc))
+            best = max(range(len(snapshots)), key=lambda i: scores[i])
+            meta.load_state_dict(snapshots[best][1])
+            meta.eval()
+            result.selection.append({"seed": seed, "steps": [st for st, _ in snapshots], "val_accuracy": scores,
+                                     "chosen": snapshots[best][0]})
+            log(f"  snapshot chosen on {len(val_nets)} validation networks: step {snapshots[best][0]} ("
+                + ", ".join(f"{st}: {100 * a:.1f}%" for (st, _), a in zip(snapshots, scores)) + ")")
         if config.out:
             Path(config.out).mkdir(parents=True, exist_ok=True)
             save_meta_pruner(meta, Path(config.out) / f"metapruner_seed{seed}.safetensors")
@@ -543,7 +674,7 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
         bar = tqdm(total=len(test_nets) * len(config.speedups) * len(methods), desc=f"seed {seed}: held-out",
                    disable=not config.progress, leave=False)
         for j, net in enumerate(test_nets):
-            edited = edit(meta, net)
+            edited = edit(meta, net, config.apply_times)
             before, after = norm_spread(ws, net), norm_spread(ws, edited)
             result.spread.append({"seed": seed, "net": j, "before": before, "after": after})
             log(f"  held-out net {j}: group-norm spread (mean CV) {before['cv']:.2f} -> {after['cv']:.2f}, "
@@ -551,22 +682,19 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
                 f"{100 * after['small']:.0f}%; edited accuracy {100 * _accuracy(edited, data):.1f}%")
             for s in config.speedups:
                 for method in methods:
+                    sizes = None
                     if method in known:
-                        which, crit, alloc = known[method]
-                        if crit == "edited norms":
-                            crit = group_norms(ws, edited.state_dict(), 2, params)
-                        res = prune(edited if which == "edited" else net, example, crit, speedup=s, latency=False,
-                                    ws=ws, allocation=alloc, generator=torch.Generator().manual_seed(seed * 100 + j))
-                        model, reduction = res.model, res.flops_reduction
+                        model, reduction, steps, sizes = prune_by(method, net, edited, s, seed, j, ws, params)
                     else:
-                        model, reduction = extra_methods[method](net, example, s, seed)
+                        (model, reduction), steps = extra_methods[method](net, example, s, seed), config.finetune_steps
                     pruned_acc = _accuracy(model, data)   # extra methods too: the same test split
-                    pruned = _train_net(model, data, config.finetune_steps, config.batch_size,
+                    pruned = _train_net(model, data, steps, config.batch_size,
                                         torch.Generator().manual_seed(seed * 100 + j), lr=1e-3)
                     t_before, t_after = measure_latencies([net, pruned], (data.x_test,), repeats=10)
                     result.rows.append({"seed": seed, "net": j, "method": method, "speedup": s,
                                         "flops_reduction": reduction, "latency_speedup": t_before / t_after,
-                                        "accuracy_before_finetune": pruned_acc, "accuracy": _accuracy(pruned, data)})
+                                        "accuracy_before_finetune": pruned_acc, "accuracy": _accuracy(pruned, data)}
+                                       | ({"kept": sizes} if sizes is not None else {}))
                     bar.update()
                 log(f"  held-out net {j}, {s}x: " + ", ".join(
                     f"{r['method']} {100 * r['accuracy']:.1f}% ({100 * r['accuracy_before_finetune']:.1f}% "
@@ -583,6 +711,7 @@ def _save(result: MetaPruneResult, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = asdict(result.config)
     (out / "results.json").write_text(json.dumps({"config": cfg, "rows": result.rows, "spread": result.spread,
+                                                  "selection": result.selection,
                                                   "meta_loss": result.meta_loss}, indent=1))
     (out / "results.md").write_text(
         "# Meta pruning: held-out accuracy (%) after pruning to a FLOP reduction and a short fine-tune\n\n"
