@@ -178,8 +178,9 @@ PUBLISHED = [
     "Pruner: Torch-Pruning's GroupNormPruner with global pruning over group L2 norms divided by each group's "
     "largest, in 200 small steps until the target speed-up: the edit decides how many neurons each layer "
     "loses. Ours: the same fraction of every group (uniform). Option `allocation=\"global_max\"` (one step).",
-    "Zoo: about 15 networks per task (their generation script: 5 processes x 3), 80/20 meta-training / "
-    "validation split; ours: 24 meta-training networks per seed.",
+    "Zoo: small; their example generation script (ResNet-110) makes 15 networks (5 processes x 3), split "
+    "80/20 into meta-training and validation networks (the paper's exact counts not checked); ours: 24 "
+    "meta-training networks per seed.",
     "Neither repeated application of the metanetwork nor rounds of meta-training on its own outputs appear in "
     "the code read (one pass at use, one meta-training run); progressive sparsification is tried here as "
     "option `apply_times`.",
