@@ -66,16 +66,23 @@ def test_verdict_checks_the_best_on_fresh_seeds(bench):
     alone = "\n".join(bench._verdict({"gmn_inr": main}))
     assert "mix, 67% of the gap" in alone and "Target met on these seeds" in alone
     assert "no augmentation 1.0000, mix 0.7000" in alone     # the fit, where recorded
+    assert "none 1.0000 / 0.2000 (1), mix 0.7000 / 0.6000 (1)" in alone
     both = "\n".join(bench._verdict({"gmn_inr": main, "gmn_inr@fresh": fresh}))
     # pooled over 6 seeds: none 0.25 / 0.8, mix 0.4 -> 27%
-    assert "over 6 seeds it recovers 27%" in both and "Target not met once checked on fresh seeds." in both
+    assert "over 6 seeds at 10% it recovers 27%" in both and "Target not met once checked on fresh seeds." in both
     # a check that holds; the fits of the check run count too
     good = table(bench, {0.1: {"none": {s: 0.3 for s in (3, 4, 5)}, "mix": {s: 0.7 for s in (3, 4, 5)}},
                          1.0: {"none": {s: 0.8 for s in (3, 4, 5)}}}, seeds=(3, 4, 5),
                  fits={(0.1, "none", 3): 0.8, (0.1, "mix", 3): 0.5})
     text = "\n".join(bench._verdict({"gmn_inr": main, "gmn_inr@fresh": good}))
-    assert "over 6 seeds it recovers 73%" in text and "Target met once checked on fresh seeds." in text
+    assert "over 6 seeds at 10% it recovers 73%" in text and "Target met once checked on fresh seeds." in text
     assert "(mean over the 2 and 2 runs that recorded it): no augmentation 0.9000, mix 0.6000" in text
+    # a check without no augmentation at 100% takes that level from the main table's seeds
+    del good["score_by_fraction"]["1.0"], good["seeds_by_fraction"]["1.0"]
+    text = "\n".join(bench._verdict({"gmn_inr": main, "gmn_inr@fresh": good}))
+    assert "over 6 seeds at 10% (100% from the main table's 3) it recovers 73%" in text
+    assert "0.8000 at 100% (the main table's seeds [0, 1, 2]: not run on these)" in "\n".join(
+        bench._checked(main, [dict(good, name="fresh")]))
     # a kept-apart run with other settings is no check
     other = dict(fresh, epochs=99)
     assert "not yet checked" in "\n".join(bench._verdict({"gmn_inr": main, "gmn_inr@other": other}))
