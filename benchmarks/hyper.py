@@ -63,7 +63,11 @@ GHN_KW = dict(gnn="transformer", hid=64, layers=2)
 DECODERS = {"tiled": dict(decoder="tiled", block=32), "lowrank": dict(decoder="lowrank", max_width=64, rank=16)}
 TEST_SEED0 = 2_000_000
 # --screen: one design change against the default, at equal steps (GHN options)
-SCREEN = {"learned gain (default)": {}, "fixed gain g = 1": {"learn_gain": False}}
+# (the session-5 defaults are the third row: 5x5 block, op features, filter norm, fan-in biases)
+_OLD_DEFAULTS = {"kernel": 3, "op_features": False, "weight_norm": "tensor", "bias_scale": "unit"}
+SCREEN = {"previous default (3x3 block)": _OLD_DEFAULTS,
+          "5x5 block": dict(_OLD_DEFAULTS, kernel=5),
+          "5x5 block + op features + filter norm + fan-in biases (default)": {}}
 
 
 def log(*a):
@@ -618,13 +622,14 @@ def screen_md(res):
          "per variant"
          + (f" (`{res['sources']['screen']}`)" if res.get("sources", {}).get("screen") else "") + ".", "",
          "| variant | GHN options | accuracy, no training | predicted / trained | "
-         + " | ".join(k for k in family_ratios(sc[0], base)) + " | s per meta-step |",
-         "|---|---|---|---|" + "---|" * len(family_ratios(sc[0], base)) + "---|"]
+         + " | ".join(k for k in family_ratios(sc[0], base)) + " | training loss (last 50 steps) | s per meta-step |",
+         "|---|---|---|---|" + "---|" * len(family_ratios(sc[0], base)) + "---|---|"]
     for e in sc:
         fr = family_ratios(e, base)
         pt = e["points"][-1]
         L.append(f"| {e['variant']} | {e['ghn_extra'] or '-'} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
-                 + " | ".join(f"{v['ratio']:.3f}" for v in fr.values()) + f" | {e['seconds_per_step']:.2f} |")
+                 + " | ".join(f"{v['ratio']:.3f}" for v in fr.values())
+                 + f" | {pt.get('loss', float('nan')):.3f} | {e['seconds_per_step']:.2f} |")
     return L + ["", "Group columns: mean accuracy with no training / mean trained accuracy of that group "
                 "(family: the sampler's architecture family; norm: its normalisation kind).", ""]
 

@@ -30,13 +30,17 @@ __all__ = ["TiledDecoder", "LowRankDecoder", "VectorHead", "fit_axis", "fit_spat
 
 def fit_axis(x: torch.Tensor, dim: int, n: int, centre: bool = False) -> torch.Tensor:
     """Slice ``x`` to length ``n`` along ``dim`` (around the centre when ``centre``), or
-    repeat it first when it is shorter than ``n``."""
+    repeat it periodically when it is shorter than ``n``: from its start, or with
+    ``centre`` so that the block's centre lands on the output's centre (a 5-tap kernel
+    tiled from a 3-tap block reads block taps 2 0 1 2 0 — its centre is the block's,
+    as it is for the 1-tap and 3-tap kernels cut from the same block)."""
     size = x.shape[dim]
     if n > size:
+        start = (size // 2 - n // 2) % size if centre else 0
         reps = [1] * x.dim()
-        reps[dim] = math.ceil(n / size)
+        reps[dim] = math.ceil((start + n) / size)
         x = x.repeat(*reps)
-        return x.narrow(dim, 0, n)
+        return x.narrow(dim, start, n)
     start = (size - n) // 2 if centre else 0
     return x.narrow(dim, start, n)
 

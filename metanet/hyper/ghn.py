@@ -9,7 +9,7 @@ trace (GHN-2, Knyazev et al. NeurIPS 2021; GHN-3, ICML 2023; LoGAH, Zhou et al. 
 
 Pipeline: the model's op graph (traced once per architecture) -> node features (op-kind
 embedding + embeddings of the op's parameter shape and of its depth from the inputs and
-to the outputs) -> graph network (``gnn``:
+to the outputs; with ``op_features``, of its exact ATen op and output shape) -> graph network (``gnn``:
 "gated", GHN-2's gated GNN with forward/backward passes and virtual edges, or
 "transformer", GHN-3's graph transformer with degree and shortest-path encodings) ->
 one decoder call per group of equal-shaped tensors (``decoder``: "tiled" or
@@ -21,9 +21,14 @@ transform      tensors                                          value
 =============  ==============================================  ======================
 fan_in         ≥2-D weights of linear/conv/embedding/RNN ops    ``g * sqrt(2 / fan_in) * raw / rms(raw)``
 norm_scale     the scale of a normalisation layer               ``2 * sigmoid(raw)``
-bias           other 1-D tensors (biases, norm shifts)          ``tanh(raw)``
+op_bias        the bias of an op with a weight (linear, conv)   ``tanh(raw)``, or with ``bias_scale="fan_in"``
+                                                                ``tanh(raw) / sqrt(fan_in)``
+bias           other 1-D tensors (norm shifts, ...)             ``tanh(raw)``
 plain          other ≥2-D tensors (positional tables, ...)      ``g * sqrt(2 / fan_in) * raw / rms(raw)``
 =============  ==============================================  ======================
+
+With ``weight_norm="filter"`` a fan_in weight's ``raw`` is first centred over each output
+unit's fan-in and ``rms`` is taken per unit (weight standardisation).
 
 Weights are thus predicted at He initialisation's scale for their op's fan-in (so that
 signals neither vanish nor explode through a deep predicted network, GHN-2's point),
@@ -50,13 +55,24 @@ from torch import nn
 from ..trace.vocab import KINDS
 from .decoders import LowRankDecoder, TiledDecoder, VectorHead
 from .gnn import GatedGNN, GraphTransformer
-from .graph import N_SHAPE_BUCKETS, HyperGraph, hyper_graph
+from .graph import N_OP_BUCKETS, N_SHAPE_BUCKETS, HyperGraph, hyper_graph
 
 __all__ = ["GHN", "Prediction"]
 
 _TRANSFORMS = ("fan_in", "norm_scale", "bias", "plain")
 _MAX_SLOT = 8
 _MAX_DEPTH = 64
+
+
+def _fan_in_dims(shape: torch.Size, fan_in: int) -> tuple[int, ...] | None:
+    """The axes of a batched weight ``[G, *shape]`` that one output unit reads (their
+    sizes multiply to ``fan_in``): ``[G, out, in, *kernel]`` -> (2, 3, ...), a
+    ``[G, in, out]`` weight (Hugging Face's Conv1D) -> (1,); None when neither fits."""
+    if math.prod(shape[2:]) == fan_in:
+        return tuple(range(2, len(shape)))
+    if len(shape) == 3 and shape[1] == fan_in:
+        return (1,)
+    return None
 
 
 class Prediction(dict):
@@ -92,7 +108,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         decoder: "tiled" (GHN-2/3) or "lowrank" (LoGAH).
         block: tiled block ``[block, block, kernel, kernel]``; also the 1-D head's
             length for the tiled decoder.
-        kernel: largest kernel size predicted without tiling.
+        kernel: largest kernel size predicted without tiling (5: every kernel the zoo's
+            sampler draws, 1, 3 and 5, is a centred crop of one block).
         max_width: widest tensor axis the low-rank decoder reaches (and its 1-D head).
         rank: rank of the low-rank decoder.
         classifier_rows: rows (classes) the classifier head predicts before repeating.
@@ -102,12 +119,29 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         positions: add embeddings of each node's depth from the inputs and to the
             outputs (capped at 63). Without them the same op in every block of a
             transformer gets the same embedding, hence the same predicted weights.
+        op_features: add embeddings of each node's exact ATen op (the vocabulary's kind
+            puts mean and max pooling, relu and leaky_relu, ... under one kind) and of
+            its output shape (channels, and spatial size: a strided conv differs from
+            one that keeps the resolution).
+        bias_scale: biases of ops with a weight (linear, conv, ...): "unit" predicts
+            ``tanh(raw)`` (up to 1 in size, whatever the layer), "fan_in"
+            ``tanh(raw) / sqrt(fan_in)`` (PyTorch's default bias range for the op), so that
+            a bias does not swamp its layer's input-dependent signal.
+        weight_norm: how a weight of a linear/conv/... op is brought to He scale:
+            "tensor" divides the raw output by its rms over the whole tensor; "filter"
+            standardises each output unit's weights over its fan-in (zero mean, then
+            rms; weight standardisation, Qiao et al. 2019), so that a unit's response
+            to a constant input is zero and layers without batch normalisation do not
+            pass on a growing input-independent offset. Known cost: at gain 1 a
+            centred filter does not see its input's mean, so after a ReLU a layer keeps
+            about sqrt(1 - 1/pi) = 0.83 of the signal's std; the learned gain makes it up.
     """
 
     def __init__(self, hid: int = 64, gnn: str = "transformer", layers: int = 3, heads: int = 4,
                  max_virtual: int = 5, max_dist: int = 8, decoder: str = "tiled", block: int = 32,
-                 kernel: int = 3, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
-                 residual: bool = False, positions: bool = True, learn_gain: bool = True):
+                 kernel: int = 5, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
+                 residual: bool = False, positions: bool = True, learn_gain: bool = True,
+                 op_features: bool = True, bias_scale: str = "fan_in", weight_norm: str = "filter"):
         super().__init__()
         if gnn not in ("gated", "transformer"):
             raise ValueError(f"gnn must be 'gated' (GHN-2) or 'transformer' (GHN-3), got {gnn!r}")
@@ -116,12 +150,24 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         self.config = dict(hid=hid, gnn=gnn, layers=layers, heads=heads, max_virtual=max_virtual,
                            max_dist=max_dist, decoder=decoder, block=block, kernel=kernel,
                            max_width=max_width, rank=rank, classifier_rows=classifier_rows,
-                           residual=residual, positions=positions, learn_gain=learn_gain)
+                           residual=residual, positions=positions, learn_gain=learn_gain,
+                           op_features=op_features, bias_scale=bias_scale, weight_norm=weight_norm)
+        if bias_scale not in ("unit", "fan_in"):
+            raise ValueError(f"bias_scale must be 'unit' (tanh(raw)) or 'fan_in' (tanh(raw) / "
+                             f"sqrt(fan_in of the op's weight)), got {bias_scale!r}")
+        if weight_norm not in ("tensor", "filter"):
+            raise ValueError(f"weight_norm must be 'tensor' (one rms per tensor) or 'filter' "
+                             f"(zero mean and one rms per output unit), got {weight_norm!r}")
         self.residual = residual
         self.kind_embed = nn.Embedding(len(KINDS), hid)
         self.shape_embed = nn.ModuleList(nn.Embedding(N_SHAPE_BUCKETS, hid) for _ in range(4))
         self.depth_embed = (nn.ModuleList(nn.Embedding(_MAX_DEPTH, hid) for _ in range(2))
                             if positions else None)
+        if op_features:
+            self.op_embed = nn.Embedding(N_OP_BUCKETS, hid)
+            self.out_embed = nn.ModuleList(nn.Embedding(N_SHAPE_BUCKETS, hid) for _ in range(2))
+        else:
+            self.op_embed = self.out_embed = None
         if gnn == "gated":
             self.gnn = GatedGNN(hid, rounds=layers, max_virtual=max_virtual)
         else:
@@ -159,6 +205,11 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             depth = g.depths().clamp(max=_MAX_DEPTH - 1).to(dev)
             for j, emb in enumerate(self.depth_embed):
                 h = h + emb(depth[:, j])
+        if self.op_embed is not None:
+            h = h + self.op_embed(g.op_ids.to(dev))
+            of = g.out_feats.to(dev)
+            for j, emb in enumerate(self.out_embed):
+                h = h + emb(of[:, j])
         return self.norm(self.gnn(h, g))
 
     # -- prediction --------------------------------------------------------------------------------
@@ -190,7 +241,11 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                                        f"decoder's reach (max_width={self.config['max_width']}); "
                                        "build the GHN with a larger max_width to predict it")
                 continue
-            groups.setdefault((t.head, t.shape, t.transform, t.fan_in), []).append(t)
+            # tensors of one shape and transform share a decoder call; a bias's fan-in
+            # only matters when it sets the bias's scale
+            fan_in = t.fan_in if t.head != "vector" or (
+                t.transform == "op_bias" and self.config["bias_scale"] == "fan_in") else 0
+            groups.setdefault((t.head, t.shape, t.transform, fan_in), []).append(t)
         dev = h.device
         for (head, shape, transform, fan_in), specs in groups.items():
             nodes = torch.tensor([t.node for t in specs], device=dev)
@@ -209,9 +264,17 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                    specs: list, e: torch.Tensor) -> torch.Tensor:
         if self.residual:
             base = torch.stack([model.get_parameter(t.name).detach().to(raw) for t in specs])
-            return base + self.alpha[_TRANSFORMS.index(transform)] * raw
+            kind = "bias" if transform == "op_bias" else transform
+            return base + self.alpha[_TRANSFORMS.index(kind)] * raw
         if transform in ("fan_in", "plain"):
             dims = tuple(range(1, raw.dim()))
+            if self.config["weight_norm"] == "filter" and transform == "fan_in" and fan_in > 1:
+                # weight standardisation: every output unit's weights have zero mean and
+                # the same rms over its fan-in
+                unit = _fan_in_dims(raw.shape, fan_in)
+                if unit is not None:
+                    raw = raw - raw.mean(unit, keepdim=True)
+                    dims = unit
             rms = raw.pow(2).mean(dims, keepdim=True).add(1e-8).sqrt()
             scale = math.sqrt(2.0 / max(fan_in, 1))
             if self.gain is None:
@@ -220,6 +283,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             return raw / rms * (gain * scale)
         if transform == "norm_scale":
             return 2 * torch.sigmoid(raw)
+        if transform == "op_bias" and self.config["bias_scale"] == "fan_in":
+            return torch.tanh(raw) / math.sqrt(max(fan_in, 1))
         return torch.tanh(raw)
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +32,24 @@ from ..trace import OpGraph, trace
 from ..trace.vocab import KIND_INDEX
 
 __all__ = ["HyperGraph", "TensorSpec", "hyper_graph", "example_inputs_of", "shape_bucket",
-           "N_SHAPE_BUCKETS", "WEIGHT_KINDS", "NORM_KINDS"]
+           "N_SHAPE_BUCKETS", "N_OP_BUCKETS", "op_bucket", "WEIGHT_KINDS", "NORM_KINDS"]
 
 #: ops whose ≥2-D parameters are weight matrices / kernels with a fan-in
 WEIGHT_KINDS = frozenset({"linear", "conv", "conv_transpose", "embedding", "recurrent", "matmul"})
 NORM_KINDS = frozenset({"batch_norm", "layer_norm", "group_norm", "rms_norm", "instance_norm"})
 N_SHAPE_BUCKETS = 64
+N_OP_BUCKETS = 512
 _SMALL = 16
+
+
+def op_bucket(op: str) -> int:
+    """A stable id in ``[1, N_OP_BUCKETS)`` of an exact ATen op name (``"mean"``,
+    ``"amax"``, ``"leaky_relu"``, ...): the vocabulary's kinds put several ops under one
+    kind (``reduce`` holds mean and amax, ``pool`` max and average pooling), and a GHN
+    that cannot tell them apart cannot predict the weights around them. 0: no op."""
+    if not op:
+        return 0
+    return 1 + zlib.crc32(op.encode()) % (N_OP_BUCKETS - 1)
 
 
 def shape_bucket(v: int) -> int:
@@ -55,7 +67,8 @@ class TensorSpec:
     ``head``: "weight" (≥2-D, the main decoder), "classifier" (the weight of a last
     linear layer) or "vector" (1-D: biases, norm scales and shifts). ``slot``: the
     tensor's position among the op's parameters. ``transform``: how the raw decoder
-    output is normalised ("fan_in", "norm_scale", "bias", "plain")."""
+    output is normalised ("fan_in", "norm_scale", "op_bias" (the bias of an op with a
+    weight; ``fan_in`` is then that weight's fan-in), "bias", "plain")."""
 
     name: str
     node: int
@@ -77,6 +90,9 @@ class HyperGraph:
     tensors: list[TensorSpec]
     unpredicted: dict[str, str]           # name -> reason
     node_kinds: list[str]
+    op_ids: torch.Tensor | None = None    # [N] long, op_bucket of each node's exact ATen op
+    out_feats: torch.Tensor | None = None  # [N, 2] long shape buckets of the op's output:
+                                           # axis 1 (channels) and the product of the rest
     _cache: dict = field(default_factory=dict, repr=False)
 
     # -- GHN-2: sequential passes by topological level, virtual edges ------------------------
@@ -193,6 +209,18 @@ def _shape_feats(shape: tuple[int, ...]) -> list[int]:
     return [shape_bucket(shape[0]), shape_bucket(shape[1]), shape_bucket(h), shape_bucket(w)]
 
 
+def _out_feats(shape: Any) -> list[int]:
+    """Buckets of an op's output shape without the batch axis: axis 1 and the product of
+    the axes after it (a conv's output channels and spatial size, so a strided conv
+    differs from one that keeps the resolution; a pooled [B, C] output has size 1)."""
+    if isinstance(shape, list):
+        shape = shape[0] if shape else None
+    if not isinstance(shape, (tuple, list)) or len(shape) < 2 or \
+            not all(isinstance(s, int) for s in shape):
+        return [0, 0]
+    return [shape_bucket(shape[1]), shape_bucket(int(np.prod(shape[2:])) if len(shape) > 2 else 1)]
+
+
 def _param_position(node, name: str) -> int | None:
     """Index of the positional argument of ``node`` that is parameter ``name``."""
     for i, a in enumerate(node.args):
@@ -244,6 +272,13 @@ def build_hyper_graph(graph: OpGraph, model: nn.Module) -> HyperGraph:
     for v in range(n - 1, -1, -1):
         w_below[v] = any(has_w[c] or w_below[c] for c in children[v])
 
+    # the fan-in of each weight op's (first) >=2-D weight, for its bias
+    op_fan_in: dict[int, int] = {}
+    for c, (v, _, pname) in sorted(assigned.items(), key=lambda kv: kv[1][1]):
+        shape = tuple(int(s) for s in trainable[c].shape)
+        if len(shape) >= 2 and nodes[v].kind in WEIGHT_KINDS and v not in op_fan_in:
+            op_fan_in[v] = _fan_in(nodes[v], pname, shape)
+
     tensors: list[TensorSpec] = []
     unpredicted: dict[str, str] = {}
     first_shape: dict[int, tuple[int, ...]] = {}
@@ -270,7 +305,13 @@ def build_hyper_graph(graph: OpGraph, model: nn.Module) -> HyperGraph:
             transform = "fan_in" if node.kind in WEIGHT_KINDS else "plain"
         else:
             head = "vector"
-            transform = "norm_scale" if node.kind in NORM_KINDS and slot == 0 else "bias"
+            if node.kind in NORM_KINDS and slot == 0:
+                transform = "norm_scale"
+            elif node.kind in WEIGHT_KINDS and v in op_fan_in:
+                # the bias of a linear/conv/... op: its fan_in is the op's weight's fan-in
+                transform, fan_in = "op_bias", op_fan_in[v]
+            else:
+                transform = "bias"
         if len(shape) >= 2 or v not in first_shape:
             first_shape.setdefault(v, shape)
         tensors.append(TensorSpec(c, v, slot, shape, head, transform, fan_in))
@@ -282,11 +323,34 @@ def build_hyper_graph(graph: OpGraph, model: nn.Module) -> HyperGraph:
     return HyperGraph(n=n, kinds=torch.tensor([KIND_INDEX[nd.kind] for nd in nodes], dtype=torch.long),
                       shape_feats=torch.tensor(shape_feats, dtype=torch.long).reshape(n, 4),
                       edge_index=ei, in_degree=in_deg, out_degree=out_deg, tensors=tensors,
-                      unpredicted=unpredicted, node_kinds=[nd.kind for nd in nodes])
+                      unpredicted=unpredicted, node_kinds=[nd.kind for nd in nodes],
+                      op_ids=torch.tensor([op_bucket(nd.op) for nd in nodes], dtype=torch.long),
+                      out_feats=torch.tensor([_out_feats(nd.shape) for nd in nodes],
+                                             dtype=torch.long).reshape(n, 2))
 
 
 _CACHE: "OrderedDict[str, HyperGraph]" = OrderedDict()
 _CACHE_SIZE = 2048
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_attributes(model: nn.Module) -> str:
+    """The public str/number/bool (or tuples/lists of them) attributes of every module
+    that is not one of torch's own (whose options its ``repr`` already shows), beyond
+    what ``nn.Module`` itself keeps: ``""`` when there are none."""
+    skip = set(vars(nn.Module()))
+    parts = []
+    for path, m in model.named_modules():
+        if type(m).__module__.startswith("torch."):
+            continue
+        for k, v in vars(m).items():
+            if k.startswith("_") or k in skip or k == "training":
+                continue
+            if isinstance(v, _PLAIN) or (isinstance(v, (tuple, list)) and all(isinstance(e, _PLAIN) for e in v)):
+                parts.append(f"{path}.{k}={v!r}")
+    return ";".join(parts)
 
 
 def hyper_graph(model: nn.Module, example_inputs: Any = None, *, cache: bool = True) -> HyperGraph:
@@ -298,12 +362,16 @@ def hyper_graph(model: nn.Module, example_inputs: Any = None, *, cache: bool = T
     x = example_inputs_of(model, example_inputs)
     if isinstance(x, torch.Tensor):
         x = (x,)
-    key = _ws.architecture_key(model, x) if cache else None
+    base = _ws.architecture_key(model, x) if cache else None
+    # forward-time options kept as plain attributes (a CNN's pool="avg" | "max") change
+    # the op graph but not the module tree that architecture_key reads
+    extra = _plain_attributes(model) if cache else ""
+    key = f"{base}:{hash(extra)}" if cache else None
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    if key is not None and key in _ws._CACHE:
-        graph = _ws._CACHE[key].op_graph
+    if base is not None and not extra and base in _ws._CACHE:
+        graph = _ws._CACHE[base].op_graph
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
