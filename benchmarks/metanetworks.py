@@ -205,6 +205,7 @@ GMN_VARIANTS = {
     "gmn_maggr_pna_hybrid": {"aggr": ("mean", "max", "std"), "readout": "pna", "weight_stats_bins": 8},
     "gmn_hybrid_sum": {"weight_stats_bins": 8, "weight_stats_fusion": "sum"},   # StatNN's MLP + GMN's readout
     "gmn_pna_hybrid_sum": {"readout": "pna", "weight_stats_bins": 8, "weight_stats_fusion": "sum"},
+    "gmn_rnorm": {"readout_norm": "batch"},            # pooled features standardised across networks
 }
 
 
@@ -479,7 +480,8 @@ def write_markdown(res: dict, path: Path) -> None:
              "gmn_maggr": "GMN, mean/max/std aggregation",
              "gmn_maggr_pna_hybrid": "GMN, mean/max/std aggregation, PNA readout + weight statistics (hybrid)",
              "gmn_hybrid_sum": "GMN + StatNN (hybrid: outputs summed)",
-             "gmn_pna_hybrid_sum": "GMN, PNA readout + StatNN (hybrid: outputs summed)"}
+             "gmn_pna_hybrid_sum": "GMN, PNA readout + StatNN (hybrid: outputs summed)",
+             "gmn_rnorm": "GMN, readout_norm='batch'"}
     if res.get("accuracy"):
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names)
@@ -610,7 +612,7 @@ def main(argv=None) -> int:
               "machine_load": os.getloadavg()[0], "models": args.models if part != "throughput" else None,
               "readout_norm": READOUT_NORM if part != "throughput" else None}
         runs = res.setdefault("part_runs", {})
-        runs[part] = (runs.get(part, []) if part in ("accuracy", "inr") and args.models else []) + [st]
+        runs[part] = (runs.get(part, []) if part in ("accuracy", "inr", "unseen") and args.models else []) + [st]
 
     def save():   # after every part: a long run killed midway keeps what it measured
         res["seconds"] = time.perf_counter() - t0
@@ -650,7 +652,8 @@ def main(argv=None) -> int:
         cnn = cnn or ensure_zoo("digits_cnn", 100 if args.quick else 1000, args.quick)
         wide = ensure_zoo("digits_cnn_wide", 60 if args.quick else 300, args.quick)
         res["unseen_zoo"] = str(wide.relative_to(ROOT))
-        res["unseen"] = []
+        models = args.models.split(",") if args.models else None   # --models: the other rows are kept
+        res["unseen"] = [r for r in res.get("unseen", []) if models and r["model"] not in models]
         unseen_part(cnn, wide, seeds, epochs, args.max_train, res["unseen"],
                     **({"models": args.models.split(",")} if args.models else {}))
         save()

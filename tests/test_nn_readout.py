@@ -100,7 +100,9 @@ def test_statistics_path_matches_statnn():
     stat = StatNN(bins=8).double().fit_normalization([g])
     path = WeightStats(8).double().fit([GraphInput.of(g)])
     torch.testing.assert_close(path.features(GraphInput.of(g)), stat.features(g), rtol=0, atol=0)
-    torch.testing.assert_close(path(GraphInput.of(g)), (stat.features(g) - stat.feat_mean) / stat.feat_std)
+    varied = stat.feat_std > 1e-6
+    expect = torch.where(varied, (stat.features(g) - stat.feat_mean) / stat.feat_std, torch.zeros(()).double())
+    torch.testing.assert_close(path(GraphInput.of(g)), expect)
 
 
 @pytest.mark.parametrize("opt", ["pna", "all"])
@@ -152,3 +154,22 @@ def test_statistics_sizes_follow_statnn():
         n = path.features(g).shape[-1]
         assert n == path.feat_mean.numel() == StatNN(bins=bins).feat_mean.numel() == n // NUM_STATS * NUM_STATS
         assert GMN(weight_stats_bins=bins, weight_stats_fusion="sum").stats_head[0].in_features == n
+
+
+def test_statistics_constant_on_the_training_zoo_read_as_zero_elsewhere():
+    """StatNN and the hybrid fitted on one architecture, read on another: the statistics that
+    were constant (counts, empty groups) give 0, not their change over the 1e-6 floor."""
+    from metanet.nn.statnn import standardise
+
+    g = shared("small_cnn", double(stack("small_cnn", n=5)))
+    other = space("mlp_relu")[0].graphs(stack("mlp_relu", n=2), "compact")
+    stat = StatNN(bins=8).double().fit_normalization([g])
+    constant = stat.feat_std <= 1e-6
+    assert constant.any() and (~constant).any()
+    z = standardise(stat.features(other), stat.feat_mean, stat.feat_std)
+    raw = (stat.features(other) - stat.feat_mean) / stat.feat_std
+    assert raw.abs().max() > 1e4            # what the unguarded standardisation gives
+    assert (z[:, constant] == 0).all() and z.abs().max() < 1e3
+    path = WeightStats(8).double().fit([GraphInput.of(g)])
+    torch.testing.assert_close(path(GraphInput.of(other)), z)
+    assert torch.isfinite(stat(other)).all() and stat(other).abs().max() < 1e3

@@ -10,7 +10,7 @@ from torch_geometric.nn import MessagePassing
 from .canonical import canonicalize
 from .base import GraphMetanet, readout_norm_layer
 from .inputs import NUM_KINDS, NUM_ROLES, POOL_STATS, GraphInput, mlp
-from .statnn import NUM_STATS, fit_standardisation, role_depth_groups, weight_statistics
+from .statnn import NUM_STATS, fit_standardisation, role_depth_groups, standardise, weight_statistics
 
 READOUTS = ("mean", "pna")
 
@@ -101,7 +101,7 @@ class WeightStats(nn.Module):
         return self
 
     def forward(self, g: GraphInput) -> Tensor:
-        return (self.features(g) - self.feat_mean) / self.feat_std
+        return standardise(self.features(g), self.feat_mean, self.feat_std)
 
 
 class GMN(GraphMetanet, PyTorchModelHubMixin):

@@ -74,13 +74,25 @@ def role_depth_groups(g: GraphInput, bins: int) -> Tensor:
     return g.edge_role * bins + (g.edge_geo[..., 0] * bins).long().clamp(0, bins - 1)
 
 
+STD_FLOOR = 1e-6   # a feature whose deviation on the training split is at most this is constant there
+
+
 @torch.no_grad()
 def fit_standardisation(mean: Tensor, std: Tensor, feats: Tensor) -> None:
     """Write the per-feature mean and deviation of ``feats`` [n, dim] (a training split's
-    statistics) into the buffers ``mean`` and ``std`` (1 where a feature is constant or
-    seen once)."""
+    statistics) into the buffers ``mean`` and ``std`` (1 where a feature is seen once;
+    :data:`STD_FLOOR` where it is constant, which :func:`standardise` reads as 0)."""
     mean.copy_(feats.mean(0))
-    std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=1e-6))
+    std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=STD_FLOOR))
+
+
+def standardise(feats: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(feats - mean) / std``, with 0 for the features that were constant on the training
+    split (``std`` at :data:`STD_FLOOR`): one architecture's zoo has constant statistics
+    (per-group counts, empty groups), and a network of another architecture would move them
+    by a count's difference divided by the floor, reaching the MLP at ~1e6, while the MLP
+    never learned from them."""
+    return torch.where(std > STD_FLOOR, (feats - mean) / std, torch.zeros_like(feats))
 
 
 class StatNN(nn.Module, PyTorchModelHubMixin):
@@ -122,4 +134,4 @@ class StatNN(nn.Module, PyTorchModelHubMixin):
         return self
 
     def forward(self, graphs) -> Tensor:
-        return self.net((self.features(graphs) - self.feat_mean) / self.feat_std)
+        return self.net(standardise(self.features(graphs), self.feat_mean, self.feat_std))
