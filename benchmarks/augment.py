@@ -615,6 +615,17 @@ def _verdict(results: dict) -> list[str]:
             text += (f" Fit on the training networks at 10% (mean over the {len(fit10['none'])} and "
                      f"{len(fit10[best_a])} runs that recorded it): no augmentation {m(fit10['none']):.4f}, "
                      f"{best_a} {m(fit10[best_a]):.4f}.")
+        larger = []
+        for f in ("0.3", "1.0"):
+            sb = r.get("seeds_by_fraction", {}).get(f, {})
+            if best_a in sb and "none" in sb:
+                common = [sd for sd in sb[best_a] if sd in sb["none"]]
+                if common:
+                    va = m(sc[f][best_a][sb[best_a].index(sd)] for sd in common)
+                    vn = m(sc[f]["none"][sb["none"].index(sd)] for sd in common)
+                    larger.append(f"{va:.4f} against {vn:.4f} at {float(f):.0%} (seeds {common})")
+        if larger:
+            text += f" With more data {best_a} scores " + ", ".join(larger) + " (no augmentation second)."
         fits = r.get("fit_by_fraction", {}).get("0.1", {})
         pairs = []
         for a, by_seed in fits.items():

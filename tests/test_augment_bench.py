@@ -67,6 +67,11 @@ def test_verdict_checks_the_best_on_fresh_seeds(bench):
     assert "mix, 67% of the gap" in alone and "Target met on these seeds" in alone
     assert "no augmentation 1.0000, mix 0.7000" in alone     # the fit, where recorded
     assert "none 1.0000 / 0.2000 (1), mix 0.7000 / 0.6000 (1)" in alone
+    bench.record(main, 1.0, "mix", 1, 0.5)      # one seed at 100%: compared with no augmentation's same seed
+    main["score_by_fraction"]["1.0"]["none"][1] = 0.9
+    assert "mix scores 0.5000 against 0.9000 at 100% (seeds [1])" in "\n".join(bench._verdict({"gmn_inr": main}))
+    del main["score_by_fraction"]["1.0"]["mix"], main["seeds_by_fraction"]["1.0"]["mix"]
+    main["score_by_fraction"]["1.0"]["none"][1] = 0.8
     both = "\n".join(bench._verdict({"gmn_inr": main, "gmn_inr@fresh": fresh}))
     # pooled over 6 seeds: none 0.25 / 0.8, mix 0.4 -> 27%
     assert "over 6 seeds at 10% it recovers 27%" in both and "Target not met once checked on fresh seeds." in both
