@@ -358,8 +358,8 @@ def decoder_size_section(widths):
     rows = []
     for w in widths:
         with torch.device("meta"):
-            tiled = GHN(**GHN_KW, decoder="tiled", block=w)
-            low = GHN(**GHN_KW, decoder="lowrank", max_width=w, rank=16)
+            tiled = GHN(**GHN_KW, decoder="tiled", block=w, kernel=3)
+            low = GHN(**GHN_KW, decoder="lowrank", max_width=w, rank=16, kernel=3)
         nt = sum(p.numel() for p in tiled.decoders.parameters())
         nl = sum(p.numel() for p in low.decoders.parameters())
         rows.append(dict(width=w, tiled_decoder=nt, lowrank_decoder=nl,
@@ -645,6 +645,8 @@ def write_md(res, path, cmd):
          "the same run." + (f" Sections {', '.join(res['kept'])} are kept from the JSON of earlier runs"
                            + "".join(f"; {k}: `{v}`" for k, v in res.get("sources", {}).items())
                            + "." if res.get("kept") else ""), ""]
+    for note in res.get("notes", []):   # what changed in the code between the kept sections' runs
+        L += [f"Note: {note}", ""]
     if res["predict_init"]:
         L += [f"Setup: per seed and dataset, a GHN ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, "
               f"{GHN_KW['layers']} layers) with each decoder is meta-trained for {c['ghn_steps']} steps "
