@@ -2,6 +2,7 @@
 the weight space offers must keep the outputs at the traced shape and at other shapes
 (``ws.verify``), and each case also pins the groups that remain (a rule that fixed
 everything would pass the check but lose the symmetry that is there)."""
+import functools
 import warnings
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 from metanet import WeightSpace
 from metanet.space import RuleError, register_rule
+from metanet.space import weightspace as wsmod
 from metanet.space.rules import RULES
 
 
@@ -291,3 +293,44 @@ def test_hf_models(name, groups):
     ws.verify(build(), ids, shapes=other, n=3)
     if groups is not None:
         assert sorted(g.size for g in ws.groups) == groups
+
+
+class ChosenActivation(nn.Module):
+    """The activation is a forward-time choice held in an attribute: a string option, a
+    function, or a partial of one; ``repr(model)`` is the same for every choice."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        if isinstance(self.act, str):
+            h = torch.relu(h) if self.act == "relu" else torch.tanh(h)
+        else:
+            h = self.act(h)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("relu, tanh", [
+    ("relu", "tanh"),
+    (torch.relu, torch.tanh),
+    (functools.partial(F.leaky_relu, negative_slope=0.1), functools.partial(F.elu, alpha=0.1)),
+], ids=["option", "function", "partial"])
+def test_the_cache_tells_forward_time_choices_apart(relu, tanh):
+    """Two models alike in module tree and shapes but not in what their forward computes
+    must not share a cached weight space: a ReLU network's scaling group on a tanh (or
+    ELU) network would be a false symmetry."""
+    wsmod.clear_cache()
+    x = (torch.randn(2, 4),)
+    first = WeightSpace.of(ChosenActivation(relu).eval(), x)
+    second = WeightSpace.of(ChosenActivation(tanh).eval(), x)
+    assert [g.scaling for g in first.groups] == [True]
+    assert [g.scaling for g in second.groups] == [False]
+    torch.manual_seed(0)
+    second.verify(ChosenActivation(tanh).eval(), x, n=3)
+    # and the same choice twice is still one cached space
+    assert WeightSpace.of(ChosenActivation(tanh).eval(), x) is second
+    wsmod.clear_cache()

@@ -333,26 +333,6 @@ _CACHE: "OrderedDict[str, HyperGraph]" = OrderedDict()
 _CACHE_SIZE = 2048
 
 
-_PLAIN = (str, int, float, bool, type(None))
-
-
-def _plain_attributes(model: nn.Module) -> str:
-    """The public str/number/bool (or tuples/lists of them) attributes of every module
-    that is not one of torch's own (whose options its ``repr`` already shows), beyond
-    what ``nn.Module`` itself keeps: ``""`` when there are none."""
-    skip = set(vars(nn.Module()))
-    parts = []
-    for path, m in model.named_modules():
-        if type(m).__module__.startswith("torch."):
-            continue
-        for k, v in vars(m).items():
-            if k.startswith("_") or k in skip or k == "training":
-                continue
-            if isinstance(v, _PLAIN) or (isinstance(v, (tuple, list)) and all(isinstance(e, _PLAIN) for e in v)):
-                parts.append(f"{path}.{k}={v!r}")
-    return ";".join(parts)
-
-
 def hyper_graph(model: nn.Module, example_inputs: Any = None, *, cache: bool = True) -> HyperGraph:
     """The :class:`HyperGraph` of ``model``'s architecture (traced once per architecture).
 
@@ -362,16 +342,14 @@ def hyper_graph(model: nn.Module, example_inputs: Any = None, *, cache: bool = T
     x = example_inputs_of(model, example_inputs)
     if isinstance(x, torch.Tensor):
         x = (x,)
-    base = _ws.architecture_key(model, x) if cache else None
-    # forward-time options kept as plain attributes (a CNN's pool="avg" | "max") change
-    # the op graph but not the module tree that architecture_key reads
-    extra = _plain_attributes(model) if cache else ""
-    key = f"{base}:{hash(extra)}" if cache else None
+    # the key covers forward-time options kept as plain attributes (a CNN's
+    # pool="avg" | "max"), which change the op graph but not the module tree
+    key = _ws.architecture_key(model, x) if cache else None
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    if base is not None and not extra and base in _ws._CACHE:
-        graph = _ws._CACHE[base].op_graph
+    if key is not None and key in _ws._CACHE:
+        graph = _ws._CACHE[key].op_graph
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

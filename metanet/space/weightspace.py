@@ -15,6 +15,7 @@ does not hold its layout (``copy=True``, unpickled) rebuilds the layout if it wa
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 import pickle
@@ -301,11 +302,75 @@ def _spec(x: Any) -> Any:
     return repr(x)
 
 
+_PLAIN = (str, int, float, complex, bool, type(None))
+_MODULE_SLOTS = frozenset(vars(nn.Module())) | {"training"}
+
+
+def _describe(v: Any, depth: int = 0) -> str | None:
+    """What of an attribute's value can change the traced graph, as text; ``None`` for
+    values that the module tree and the state dict already describe (submodules,
+    parameters, buffers)."""
+    if isinstance(v, _PLAIN):
+        return repr(v)
+    if isinstance(v, (nn.Module, nn.Parameter)):
+        return None
+    if isinstance(v, torch.Tensor):
+        if v.is_meta or v.numel() > 4096:
+            return f"T{tuple(v.shape)}{v.dtype}"
+        data = v.detach().cpu().contiguous()
+        return f"T{tuple(v.shape)}{v.dtype}:{hashlib.sha1(data.view(torch.uint8).numpy().tobytes()).hexdigest()}" \
+            if data.numel() else f"T{tuple(v.shape)}{v.dtype}"
+    if isinstance(v, (tuple, list, set, frozenset)):
+        items = sorted(map(str, v)) if isinstance(v, (set, frozenset)) else v
+        return f"{type(v).__name__}({','.join(str(_describe(e, depth + 1)) for e in items)})"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k!r}:{_describe(e, depth + 1)}" for k, e in v.items()) + "}"
+    if isinstance(v, functools.partial):
+        return (f"partial({_describe(v.func, depth + 1)},{_describe(v.args, depth + 1)},"
+                f"{_describe(v.keywords, depth + 1)})")
+    if callable(v) and hasattr(v, "__qualname__"):
+        owner = getattr(v, "__self__", None)
+        bound = "" if owner is None or isinstance(owner, type(torch)) else f"@{type(owner).__qualname__}"
+        return f"{getattr(v, '__module__', None)}.{v.__qualname__}{bound}"
+    name = f"{type(v).__module__}.{type(v).__qualname__}"
+    if depth < 2 and hasattr(v, "__dict__"):
+        return name + "{" + ",".join(f"{k}:{_describe(e, depth + 1)}" for k, e in sorted(vars(v).items())) + "}"
+    try:
+        text = repr(v)
+    except Exception:  # a repr that fails says nothing reliable: the type must do
+        return name
+    return name if " at 0x" in text else f"{name}:{text}"
+
+
+def _forward_state(model: nn.Module) -> str:
+    """Every module's attributes beyond its submodules and tensors in the state dict
+    (plain options such as ``act="tanh"``, callables such as ``self.fn = torch.tanh``,
+    config objects, hooks): forward-time choices that ``repr(model)`` does not show but
+    the trace, and so the symmetries, depend on."""
+    parts = []
+    for path, m in model.named_modules():
+        for k, v in vars(m).items():
+            if k in _MODULE_SLOTS:
+                continue
+            d = _describe(v)
+            if d is not None:
+                parts.append(f"{path}.{k}={d}")
+        for slot in ("_forward_hooks", "_forward_pre_hooks"):
+            hooks = getattr(m, slot, None)
+            if hooks:
+                parts.append(f"{path}.{slot}=" + ",".join(str(_describe(h)) for h in hooks.values()))
+    return ";".join(parts)
+
+
 def architecture_key(model: nn.Module, example_inputs: Any, kwargs: dict | None = None) -> str:
-    """A key identifying an architecture (module tree, state-dict shapes, input specs)."""
+    """A key identifying an architecture: module tree, every module's other attributes
+    (forward-time options, callables, hooks), state-dict shapes, input specs. Two models
+    with one key trace to one graph unless their forward reads state outside the model
+    (a global flag): pass ``cache=False`` to :meth:`WeightSpace.of` for those."""
     h = hashlib.sha1()
     h.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
     h.update(repr(model).encode())
+    h.update(_forward_state(model).encode())
     for k, v in model.state_dict().items():
         h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
     h.update(repr(_spec(example_inputs)).encode())
