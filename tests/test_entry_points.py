@@ -471,7 +471,10 @@ def test_ctrl_c_in_a_real_build(tmp_path):
            "--epochs", "0,1", "--executor", "sequential"]
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a child inherits an ignored SIGINT (exec keeps SIG_IGN), and Python then installs no
+    # KeyboardInterrupt handler: start it as a shell starts a foreground job, with the default
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jobs, deadline = out / "jobs", time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if jobs.exists() and any(p.suffix == ".safetensors" for p in jobs.iterdir()):
