@@ -314,11 +314,16 @@ class ChosenActivation(nn.Module):
         return self.b(h)
 
 
+def _closure(kind):
+    return lambda h: torch.relu(h) if kind == "relu" else torch.tanh(h)
+
+
 @pytest.mark.parametrize("relu, tanh", [
     ("relu", "tanh"),
     (torch.relu, torch.tanh),
     (functools.partial(F.leaky_relu, negative_slope=0.1), functools.partial(F.elu, alpha=0.1)),
-], ids=["option", "function", "partial"])
+    (_closure("relu"), _closure("tanh")),
+], ids=["option", "function", "partial", "closure"])
 def test_the_cache_tells_forward_time_choices_apart(relu, tanh):
     """Two models alike in module tree and shapes but not in what their forward computes
     must not share a cached weight space: a ReLU network's scaling group on a tanh (or

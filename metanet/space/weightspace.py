@@ -331,7 +331,12 @@ def _describe(v: Any, depth: int = 0) -> str | None:
     if callable(v) and hasattr(v, "__qualname__"):
         owner = getattr(v, "__self__", None)
         bound = "" if owner is None or isinstance(owner, type(torch)) else f"@{type(owner).__qualname__}"
-        return f"{getattr(v, '__module__', None)}.{v.__qualname__}{bound}"
+        # a closure or a default argument can choose what the function computes
+        cells = tuple(c.cell_contents for c in getattr(v, "__closure__", None) or ()
+                      if c.cell_contents is not v)
+        defaults = getattr(v, "__defaults__", None) or ()
+        state = f"({_describe(cells, depth + 1)},{_describe(defaults, depth + 1)})" if cells or defaults else ""
+        return f"{getattr(v, '__module__', None)}.{v.__qualname__}{bound}{state}"
     name = f"{type(v).__module__}.{type(v).__qualname__}"
     if depth < 2 and hasattr(v, "__dict__"):
         return name + "{" + ",".join(f"{k}:{_describe(e, depth + 1)}" for k, e in sorted(vars(v).items())) + "}"
