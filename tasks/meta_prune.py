@@ -419,8 +419,6 @@ def load_meta_pruner(path, ws) -> MetaPruner:
 def edit(meta: MetaPruner, model: nn.Module, times: int = 1) -> nn.Module:
     """One forward pass of the metanetwork: a copy of ``model`` with the edited weights
     (``times`` > 1: the output fed back in, that many passes in all)."""
-    import copy
-
     if times < 1:
         raise ValueError(f"edit: times is the number of passes of the metanetwork, at least 1, got {times}")
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
@@ -466,8 +464,6 @@ def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], templa
     lasso (or, ``sparsity="polarize"``, :func:`polarizing_penalty`) of the edited networks.
     With ``config.select_every`` and a list ``snapshots``, ``(step, state dict)`` is appended
     every that many steps."""
-    import copy
-
     from tqdm.auto import tqdm
 
     if config.sparsity not in ("lasso", "polarize"):

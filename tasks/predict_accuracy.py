@@ -348,7 +348,7 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     if model is None:
         model = build_model(config.model, train, layout=config.layout, hidden=config.hidden,
                             layers=config.layers, out_dim=out_dim,
-                            readout_norm=getattr(config, "readout_norm", None))
+                            readout_norm=config.readout_norm)
     model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
     torchrun.broadcast(model)       # every process starts from rank 0's model
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

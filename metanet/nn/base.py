@@ -49,7 +49,6 @@ class GraphMetanet(nn.Module):
     def _build(self, layers: nn.ModuleList, in_width: int, hidden: int, out_dim: int,
                edge_out: int | None, node_out: int, value_scales: tuple[float, ...] = (),
                readout_bins: int = 0, readout_norm: str | None = None) -> None:
-        self.readout_norm_kind = readout_norm
         self.encoder = GraphEncoder(in_width, hidden, value_scales)
         self.layers = layers
         self.readout_bins = readout_bins
