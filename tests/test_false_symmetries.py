@@ -339,3 +339,18 @@ def test_the_cache_tells_forward_time_choices_apart(relu, tanh):
     # and the same choice twice is still one cached space
     assert WeightSpace.of(ChosenActivation(tanh).eval(), x) is second
     wsmod.clear_cache()
+
+
+
+def test_the_cache_key_reads_a_closure_whose_cell_is_not_yet_filled():
+    """A function attribute closing over a name bound later (an empty cell when the key is
+    made) still gets a key; once the name is bound, its value joins the key."""
+    def make():
+        def fn(h):
+            return act(h)
+        net = ChosenActivation(fn).eval()
+        key = wsmod.architecture_key(net, (torch.randn(2, 4),))
+        act = torch.tanh
+        return key, wsmod.architecture_key(net, (torch.randn(2, 4),))
+    before, after = make()
+    assert isinstance(before, str) and before != after

@@ -306,6 +306,15 @@ _PLAIN = (str, int, float, complex, bool, type(None))
 _MODULE_SLOTS = frozenset(vars(nn.Module())) | {"training"}
 
 
+def _cell_contents(cell) -> Any:
+    """A closure cell's value; a cell not yet filled (a name bound after the function was
+    made) reads as its own marker."""
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return "<empty cell>"
+
+
 def _describe(v: Any, depth: int = 0) -> str | None:
     """What of an attribute's value can change the traced graph, as text; ``None`` for
     values that the module tree and the state dict already describe (submodules,
@@ -332,8 +341,7 @@ def _describe(v: Any, depth: int = 0) -> str | None:
         owner = getattr(v, "__self__", None)
         bound = "" if owner is None or isinstance(owner, type(torch)) else f"@{type(owner).__qualname__}"
         # a closure or a default argument can choose what the function computes
-        cells = tuple(c.cell_contents for c in getattr(v, "__closure__", None) or ()
-                      if c.cell_contents is not v)
+        cells = tuple(x for x in map(_cell_contents, getattr(v, "__closure__", None) or ()) if x is not v)
         defaults = getattr(v, "__defaults__", None) or ()
         state = f"({_describe(cells, depth + 1)},{_describe(defaults, depth + 1)})" if cells or defaults else ""
         return f"{getattr(v, '__module__', None)}.{v.__qualname__}{bound}{state}"
