@@ -335,7 +335,7 @@ def test_the_cache_tells_forward_time_choices_apart(relu, tanh):
     assert [g.scaling for g in first.groups] == [True]
     assert [g.scaling for g in second.groups] == [False]
     torch.manual_seed(0)
-    second.verify(ChosenActivation(tanh).eval(), x, n=3)
+    second.verify(ChosenActivation(tanh).eval(), x, shapes=[(torch.randn(7, 3, 4),)], n=3)
     # and the same choice twice is still one cached space
     assert WeightSpace.of(ChosenActivation(tanh).eval(), x) is second
     wsmod.clear_cache()
