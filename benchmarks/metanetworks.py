@@ -212,9 +212,20 @@ GMN_VARIANTS = {
 READOUT_NORM = None   # --readout-norm: GMN's and NGT's readout_norm in the parts run (None: off)
 
 
+RNORM_ALIASES = {"ngt_rnorm": "ngt"}   # model names that run their base model with readout_norm='batch'
+
+
 def _graph_model(model: str) -> bool:
     """Whether ``model`` is a GMN or NGT (reads ``readout_norm``)."""
-    return model in ("gmn", "ngt", "gmn_hybrid", "gmn_wide") or model in GMN_VARIANTS
+    return model in ("gmn", "ngt", "gmn_hybrid", "gmn_wide") or model in GMN_VARIANTS or model in RNORM_ALIASES
+
+
+def _readout_norm(model: str):
+    """The readout_norm ``model`` trains with: 'batch' for the *_rnorm names, else --readout-norm
+    for graph metanetworks, else None."""
+    if model in RNORM_ALIASES:
+        return "batch"
+    return READOUT_NORM if _graph_model(model) else None
 
 
 def _ready_model(model: str, zoo_path, cfg):
@@ -239,10 +250,10 @@ WIDE = 64   # hidden width of the "gmn_wide" variant (build_model's GMN otherwis
 
 def _regress(zoo_path, model: str, seed: int, epochs: int, max_train, tag: str):
     cfg = AccuracyConfig(zoo=str(zoo_path), model="gmn" if model in GMN_VARIANTS or model == "gmn_wide"
-                         else {"nfn_public": "nfn"}.get(model, model),
+                         else {"nfn_public": "nfn", **RNORM_ALIASES}.get(model, model),
                          out=str(ROOT / "out" / "bench" / f"{tag}_{model}_{seed}"), epochs=epochs,
                          seed=seed, max_train=max_train, progress=False,
-                         readout_norm=READOUT_NORM if _graph_model(model) else None,
+                         readout_norm=_readout_norm(model),
                          **({"hidden": WIDE} if model == "gmn_wide" else {}))
     return fit(cfg, out_dim=1, loss_fn=lambda p, y: ((p.squeeze(-1) - y) ** 2).mean(),
                scores_fn=_regression_scores, key="tau", model=_ready_model(model, zoo_path, cfg))
@@ -293,7 +304,7 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
         for seed in range(seeds):
             best = ROOT / "out" / "bench" / f"acc_{model}_{seed}" / "best"
             saved = json.loads((best / "task.json").read_text())["config"] if (best / "task.json").exists() else {}
-            if saved.get("zoo") != str(cnn) or saved.get("readout_norm") != READOUT_NORM:
+            if saved.get("zoo") != str(cnn) or saved.get("readout_norm") != _readout_norm(model):
                 _regress(cnn, model, seed, epochs, max_train, "acc")
             net, _ = load_model(best)
             pred, y = predict(net, zoo_batches(test, 64, "compact", target="test_acc"))
@@ -351,10 +362,10 @@ def inr_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, row
             continue
         accs, secs = [], 0.0
         for seed in range(seeds):
-            cfg = INRConfig(zoo=str(zoo_path), model={"nfn_public": "nfn", "gmn_canonical": "gmn"}.get(model, model),
+            cfg = INRConfig(zoo=str(zoo_path), model={"nfn_public": "nfn", "gmn_canonical": "gmn", **RNORM_ALIASES}.get(model, model),
                             out=str(ROOT / "out" / "bench" / f"inr_{model}_{seed}"), epochs=epochs, seed=seed,
                             max_train=max_train, batch_size=INR_BATCH, progress=False,
-                            readout_norm=READOUT_NORM if _graph_model(model) else None)
+                            readout_norm=_readout_norm(model))
             result = fit(cfg, out_dim=cfg.num_classes, loss_fn=F.cross_entropy, scores_fn=_scores, key="acc",
                          target_fn=lambda v: v.targets("label", dtype=torch.long), split_by="image",
                          model=_inr_model(model, zoo_path, cfg))
@@ -481,7 +492,7 @@ def write_markdown(res: dict, path: Path) -> None:
              "gmn_maggr_pna_hybrid": "GMN, mean/max/std aggregation, PNA readout + weight statistics (hybrid)",
              "gmn_hybrid_sum": "GMN + StatNN (hybrid: outputs summed)",
              "gmn_pna_hybrid_sum": "GMN, PNA readout + StatNN (hybrid: outputs summed)",
-             "gmn_rnorm": "GMN, readout_norm='batch'"}
+             "gmn_rnorm": "GMN, readout_norm='batch'", "ngt_rnorm": "NGT, readout_norm='batch'"}
     if res.get("accuracy"):
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names)
