@@ -23,7 +23,10 @@ Parts
    image for the INRs), the same number of optimizer steps at every fraction (``--epochs``
    passes over the full training split), mean and spread over seeds. The SIREN part
    enables the SIREN-specific transforms: sign flips and the bias shift (exact), input
-   translation/rotation/scaling (approximate).
+   translation/rotation/scaling (approximate). ``--readout-norm batch`` passes
+   ``readout_norm="batch"`` to GMN (the setting with which it learns on these zoos); those
+   runs are stored under ``gmn_<task>[readout_norm=batch]`` with a section, checks on fresh
+   seeds and a verdict of their own.
 
 Writes ``benchmarks/results/augment.json`` and ``benchmarks/augment.md``.
 """
@@ -297,6 +300,23 @@ def _augmentation(spec: str, ws, seed: int, n_classes: int | None) -> list:
     return out
 
 
+def base_key(task: str, gmn_options: dict | None = None) -> str:
+    """The results key of a task's main table: ``gmn_<task>`` with the task's GMN, or
+    ``gmn_<task>[key=value,...]`` with GMN options added on the command line
+    (``--readout-norm batch``): such runs get their own section, checks and verdict and
+    are never mixed with the runs of another GMN. Kept-apart runs append ``@<suffix>``."""
+    opts = ",".join(f"{k}={v}" for k, v in sorted((gmn_options or {}).items()))
+    return f"gmn_{task}" + (f"[{opts}]" if opts else "")
+
+
+def _bases(results: dict, task: str) -> list[str]:
+    """The main-table keys of ``task`` in ``results``: the task's own GMN first, then each
+    set of added GMN options."""
+    plain = f"gmn_{task}"
+    extra = sorted(k for k in results if k.startswith(plain + "[") and "@" not in k)
+    return ([plain] if plain in results else []) + extra
+
+
 SETTINGS = ("zoo", "where", "target", "gmn", "networks", "train", "test", "epochs", "steps", "batch", "split_by")
 
 
@@ -327,10 +347,11 @@ def _upgrade(prev: dict) -> dict:
 def part_gmn(task: str, quick: bool, n_seeds: int | None = None, n_epochs: int | None = None,
              augs: list[str] | None = None, fractions: tuple[float, ...] = (0.1, 0.3, 1.0),
              augs_up_to: float = 1.0, seed_list: list[int] | None = None, previous: dict | None = None,
-             on_result=None) -> dict:
+             on_result=None, gmn_options: dict | None = None) -> dict:
     """``previous``: an earlier result of this part with the same settings; this run's
     cells are merged into it (a cell's score for a seed is replaced). ``on_result(res)``
-    is called after every run (to save what is done)."""
+    is called after every run (to save what is done). ``gmn_options``: GMN keyword
+    arguments added to the task's (``readout_norm="batch"``); recorded in ``res["gmn"]``."""
     from metanet.graph import SharedBatch
     from metanet.nn import GMN
     from zoo import Zoo
@@ -353,7 +374,8 @@ def part_gmn(task: str, quick: bool, n_seeds: int | None = None, n_epochs: int |
     # every fraction trains for the same number of optimizer steps (``epochs`` passes over
     # the full training split): a smaller split is seen more often, not trained less
     total_steps = epochs * math.ceil(len(train_z) / bs)
-    res: dict = {"zoo": cfg["zoo"], "where": cfg["where"], "target": cfg["target"], "gmn": cfg.get("gmn", {}),
+    gmn_kw = {**cfg.get("gmn", {}), **(gmn_options or {})}
+    res: dict = {"zoo": cfg["zoo"], "where": cfg["where"], "target": cfg["target"], "gmn": gmn_kw,
                  "score": "accuracy" if classes else "kendall_tau", "networks": len(z), "train": len(train_z),
                  "test": len(test_z), "epochs": epochs, "steps": total_steps, "batch": bs, "seeds": list(seeds),
                  "split_by": cfg.get("split_by", "job"), "score_by_fraction": {}, "seeds_by_fraction": {}}
@@ -389,8 +411,7 @@ def part_gmn(task: str, quick: bool, n_seeds: int | None = None, n_epochs: int |
             for aug in (augs if frac <= augs_up_to else ["none"]):
                 t0 = time.perf_counter()
                 torch.manual_seed(seed)
-                model = GMN(in_width=ws.layout().width, hidden=32, layers=2, out_dim=n_classes or 1,
-                            **cfg.get("gmn", {}))
+                model = GMN(in_width=ws.layout().width, hidden=32, layers=2, out_dim=n_classes or 1, **gmn_kw)
                 model.fit_normalization([SharedBatch.of(ws, {k: v[:256] for k, v in xs.items()})])
                 opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
                 steps = _augmentation(aug, ws, seed, n_classes)
@@ -440,14 +461,24 @@ def _fmt(v, nd=4):
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _gmn_label(r: dict) -> str:
+    return f"GMN ({', '.join(f'{k}={v!r}' for k, v in r['gmn'].items())})" if r.get("gmn") else "GMN"
+
+
 def _gmn_section(r: dict) -> list[str]:
     what = "test accuracy (Kendall τ)" if r["score"] == "kendall_tau" else "the digit of an INR (accuracy)"
-    kind = f"GMN ({', '.join(f'{k}={v!r}' for k, v in r['gmn'].items())})" if r.get("gmn") else "GMN"
+    kind = _gmn_label(r)
     lines = [f"## {kind} predicting {what}: {r['zoo']} {r['where']}", "",
               f"{r['networks']} checkpoints; train {r['train']}, test {r['test']} (split by {r.get('split_by', 'job')}); "
               + (f"{r['steps']} optimizer steps of {r['batch']} networks at every fraction ({r['epochs']} epochs "
                  f"of the full training split, a cosine schedule); " if "steps" in r else f"{r['epochs']} epochs; ")
               + f"seeds {r['seeds']}; score on the test split, mean ± std over seeds.", ""]
+    if r.get("gmn", {}).get("readout_norm") == "batch":
+        lines += ["readout_norm='batch': the pooled readout features standardised across the networks of a batch "
+                  "(metanet.nn ReadoutNorm; running statistics at evaluation), the setting with which GMN learns "
+                  "on these zoos (benchmarks/metanet_inr.md). Otherwise the same GMN (hidden 32, 2 layers, AdamW "
+                  "2e-3) and training as the section above; these runs (`--readout-norm batch`) have a table, "
+                  "checks and verdict of their own and are never mixed with the runs without it.", ""]
     sc = r["score_by_fraction"]
     fracs = sorted(sc, key=float)  # noqa
     augs = list(dict.fromkeys(a for f in fracs for a in sc[f]))
@@ -549,8 +580,8 @@ def _verdict(results: dict) -> list[str]:
              "between no augmentation at 10% and at 100%. Only a configuration run on every seed of its table "
              "counts; a one-seed screen is listed but not counted.", ""]
     m = statistics.mean
-    for task in TASKS:
-        r = results.get(f"gmn_{task}")
+    for task, base in [(t, b) for t in TASKS for b in _bases(results, t)]:
+        r = results.get(base)
         if r is None or "none" not in r["score_by_fraction"].get("0.1", {}) \
                 or "none" not in r["score_by_fraction"].get("1.0", {}):
             continue
@@ -559,13 +590,13 @@ def _verdict(results: dict) -> list[str]:
         b30 = m(sc["0.3"]["none"]) if "none" in sc.get("0.3", {}) else None
         gap = b100 - b10
         if gap <= 0:
-            lines += [f"- {r['zoo']}: no gap (no augmentation {b10:.4f} at 10%, {b100:.4f} at 100%).", ""]
+            lines += [f"- {r['zoo']} ({_gmn_label(r)}): no gap (no augmentation {b10:.4f} at 10%, {b100:.4f} at 100%).", ""]
             continue
         rows = sorted(((m(v), a, len(v)) for a, v in sc["0.1"].items() if a != "none"), reverse=True)
         counted = [x for x in rows if x[2] == full]
         listing = ", ".join(f"{a} {v:.4f} ({(v - b10) / gap:.0%}; {'all ' + str(n) + ' seeds' if n == full else str(n) + ' seed' + ('s' if n > 1 else '')})"
                             for v, a, n in rows)
-        head = (f"- {r['zoo']} ({r['score']}): no augmentation {b10:.4f} at 10%"
+        head = (f"- {r['zoo']} ({r['score']}{', ' + _gmn_label(r) if base != f'gmn_{task}' else ''}): no augmentation {b10:.4f} at 10%"
                 + (f", {b30:.4f} at 30%" if b30 is not None else "") + f", {b100:.4f} at 100%; half the gap is "
                 f"{b10 + gap / 2:.4f}. Every configuration run at 10%, best first (share of the gap; seeds): {listing}.")
         lines.append(head)
@@ -578,7 +609,7 @@ def _verdict(results: dict) -> list[str]:
         more = len(rows) - len(counted)
         text = (f"  Best with all {full} seeds: {best_a}, {share:.0%} of the gap (the best of {len(counted)} run on "
                 f"all seeds, picked after the fact" + (f"; {more} more run on fewer seeds" if more else "") + ").")
-        checks = [x for x in results if x.startswith(f"gmn_{task}@")]
+        checks = [x for x in results if x.startswith(f"{base}@")]
         fit10 = {a: list(r.get("fit_by_fraction", {}).get("0.1", {}).get(a, {}).values()) for a in ("none", best_a)}
         checked = False
         for key in checks:
@@ -751,10 +782,7 @@ def write_report(results: dict) -> None:
                   "| transform | networks/s |", "|---|---|"]
         lines += [f"| {k} | {v:,.0f} |" for k, v in r["networks_per_s"].items()]
         lines.append("")
-    for task in TASKS:
-        key = f"gmn_{task}"
-        if key not in results:
-            continue
+    for key in [b for task in TASKS for b in _bases(results, task)]:
         lines += _gmn_section(results[key])
         screens = sorted((x for x in results if x.startswith(f"{key}@")), key=lambda x: results[x]["epochs"])
         lines += _checked(results[key], [results[x] | {"name": x.split("@", 1)[1]} for x in screens])
@@ -809,6 +837,10 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite augment.md from the JSON, run nothing")
     ap.add_argument("--key-suffix", default=None,
                     help="GMN parts: store the results under gmn_<task>@SUFFIX (a screening run, shown apart)")
+    ap.add_argument("--readout-norm", default=None, choices=["batch"],
+                    help="GMN parts: pass readout_norm to GMN (pooled readout features standardised across the "
+                         "networks of a batch; metanet.nn ReadoutNorm). Stored under gmn_<task>[readout_norm=batch] "
+                         "(with --key-suffix: ...@SUFFIX): a section, checks and verdict of their own")
     ap.add_argument("--merge", action="store_true",
                     help="GMN parts: add this run's cells to the results on disk (same settings required; "
                          "a cell's score for a seed is replaced); the page lists every command")
@@ -846,7 +878,8 @@ def main() -> None:
         results["throughput"] = part_throughput(args.quick)
         save()
     for task, cfg in TASKS.items():
-        key = f"gmn_{task}" + (f"@{args.key_suffix}" if args.key_suffix else "")
+        gmn_options = {"readout_norm": args.readout_norm} if args.readout_norm else {}
+        key = base_key(task, gmn_options) + (f"@{args.key_suffix}" if args.key_suffix else "")
         if f"gmn_{task}" not in parts:
             continue
         if not Path(cfg["zoo"], "manifest.jsonl").exists():
@@ -872,7 +905,7 @@ def main() -> None:
             raise SystemExit(f"--seeds {args.seeds}: a count of seeds is at least 1 (one seed by its number: "
                              f"--seeds {args.seeds},)")
         res = part_gmn(task, args.quick, n_seeds, args.epochs, augs, fractions, args.augs_up_to,
-                       seed_list=seed_list, previous=previous, on_result=keep)
+                       seed_list=seed_list, previous=previous, on_result=keep, gmn_options=gmn_options)
         keep(res)
     merged = save()
     write_report(merged)

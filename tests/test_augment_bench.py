@@ -101,3 +101,28 @@ def test_parse_aug_errors(bench):
         bench.parse_aug("nosie")
     with pytest.raises(ValueError, match="not key=value"):
         bench.parse_aug("noise:sigma")
+
+
+def test_gmn_options_keep_their_own_table_checks_and_verdict(bench):
+    assert bench.base_key("inr") == "gmn_inr"
+    assert bench.base_key("inr", {"readout_norm": "batch"}) == "gmn_inr[readout_norm=batch]"
+    plain = table(bench, {0.1: {"none": {s: 0.2 for s in (0, 1, 2)}, "mix": {s: 0.6 for s in (0, 1, 2)}},
+                          1.0: {"none": {s: 0.8 for s in (0, 1, 2)}}})
+    rn = dict(table(bench, {0.1: {"none": {s: 0.4 for s in (0, 1, 2)}, "mix": {s: 0.5 for s in (0, 1, 2)}},
+                            1.0: {"none": {s: 0.6 for s in (0, 1, 2)}}}), gmn={"readout_norm": "batch"})
+    check = dict(table(bench, {0.1: {"none": {s: 0.4 for s in (3, 4, 5)}, "mix": {s: 0.4 for s in (3, 4, 5)}},
+                               1.0: {"none": {s: 0.6 for s in (3, 4, 5)}}}, seeds=(3, 4, 5)),
+                 gmn={"readout_norm": "batch"})
+    results = {"gmn_inr": plain, "gmn_inr[readout_norm=batch]": rn, "gmn_inr[readout_norm=batch]@fresh": check,
+               "gmn_inr@old": dict(check, gmn={})}
+    assert bench._bases(results, "inr") == ["gmn_inr", "gmn_inr[readout_norm=batch]"]
+    text = "\n".join(bench._verdict(results))
+    plain_part, rn_part = text.split("GMN (readout_norm='batch')")
+    # the plain table is checked only by the plain kept-apart run (none 0.3 / 0.7, mix 0.5 over 6 seeds)
+    assert "mix, 67% of the gap" in plain_part and "over 6 seeds at 10% it recovers 50%" in plain_part
+    # readout norm: 3 seeds 50%; pooled with the check (0.45 vs none 0.4 / 0.6) 25%
+    assert "mix, 50% of the gap" in rn_part and "over 6 seeds at 10% it recovers 25%" in rn_part
+    assert "Target not met once checked on fresh seeds." in rn_part
+    # a check run with another GMN never checks this table
+    alone = "\n".join(bench._verdict({"gmn_inr[readout_norm=batch]": rn, "gmn_inr@fresh": dict(check, gmn={})}))
+    assert "not yet checked" in alone
