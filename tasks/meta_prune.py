@@ -65,13 +65,20 @@ class MetaPruneConfig:
     select_every: int = 0             # > 0: a snapshot every this many meta steps; the one used is the best on
                                       # n_val_nets validation networks (mean accuracy of the meta pipeline over
                                       # the speedups), as the published method picks its meta-training epoch
-    n_val_nets: int = 3               # with select_every: networks trained after the held-out ones, never tested
+    n_val_nets: int = 3               # with select_every or strength_grid: networks trained after the held-out
+                                      # ones, never meta-trained on, never tested
+    strength_grid: tuple[float, ...] = ()   # non-empty: method "meta (strength chosen)" uses the edit
+                                      # new = old + s * (metanetwork's output - old), s from this grid chosen per
+                                      # seed (one architecture per run) by the training-split accuracy of the
+                                      # n_val_nets validation networks after pruning to the largest speedup and
+                                      # the fine-tune (ties: the first in the grid); s = 0 is the original network
     lr: float = 1e-3
     speedups: tuple[float, ...] = (1.5, 2.0, 3.0)
     finetune_steps: int = 50
     batch_size: int = 128
     seeds: tuple[int, ...] = (0,)
-    methods: tuple[str, ...] = ("random", "magnitude", "meta")   # also "magnitude (global)"
+    methods: tuple[str, ...] = ("random", "magnitude", "meta")   # also "magnitude (global)", "magnitude (global
+                                      # max)", "meta (scores)", "meta (strength chosen)" (needs strength_grid)
     progress: bool = True             # progress bars (tqdm, on stderr)
     out: str | None = None            # folder for results.json, results.md and accuracy.png
 
@@ -83,6 +90,7 @@ class MetaPruneResult:
     meta_loss: list[float] = field(default_factory=list)
     spread: list[dict] = field(default_factory=list)   # group-norm spread of each held-out net before/after the edit
     selection: list[dict] = field(default_factory=list)   # select_every: validation accuracy of each snapshot
+    strength: list[dict] = field(default_factory=list)    # strength_grid: validation accuracy of each strength
 
     def mean(self, method: str, speedup: float) -> float:
         acc = [r["accuracy"] for r in self.rows if r["method"] == method and r["speedup"] == speedup]
@@ -431,6 +439,26 @@ def edit(meta: MetaPruner, model: nn.Module, times: int = 1) -> nn.Module:
     return out.eval() if not model.training else out
 
 
+@torch.no_grad()
+def with_strength(model: nn.Module, edited: nn.Module, strength: float) -> nn.Module:
+    """A copy of ``model`` moved ``strength`` times the metanetwork's edit:
+    ``old + strength * (edited - old)`` on every floating tensor (0: ``model`` itself, 1:
+    ``edited``, 2: twice the edit). Equivariant whenever the edit is: a permutation acts on
+    ``old`` and ``edited`` alike."""
+    strength = float(strength)
+    if strength != strength or strength in (float("inf"), float("-inf")):
+        raise ValueError(f"with_strength: the strength is a finite number, got {strength}")
+    src = edited if strength == 1.0 else model
+    out = copy.deepcopy(src)
+    if strength in (0.0, 1.0):
+        return out
+    old, new = model.state_dict(), edited.state_dict()
+    if old.keys() != new.keys():
+        raise ValueError("with_strength: the edited network does not have the original's tensors")
+    out.load_state_dict({k: v + strength * (new[k] - v) if v.is_floating_point() else v for k, v in old.items()})
+    return out
+
+
 def _train_net(net: nn.Module, data, steps: int, batch: int, gen: torch.Generator, lr: float = 3e-3) -> nn.Module:
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
@@ -536,6 +564,13 @@ def _meta_train(config: MetaPruneConfig, ws, train_nets: list[nn.Module], templa
     return meta.eval()
 
 
+# Zoos trained in this process, for runs that share one (the design sweep runs several designs on
+# the same seed): key -> (state dicts, generator state, global RNG state after training).
+# Restoring both RNG states makes a cached run identical to one that trains the zoo again.
+_ZOO_CACHE: dict[tuple, tuple[list[dict], torch.Tensor, torch.Tensor]] = {}
+_ZOO_CACHE_SIZE = 2
+
+
 def norm_spread(ws, model: nn.Module) -> dict[str, float]:
     """How far apart a network's group norms are: the mean over groups of the coefficient of
     variation of its neurons' norms, and the fraction of neurons whose norm is under 10% of
@@ -579,6 +614,7 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
              "magnitude (global)": ("net", "magnitude", "global"),
              "magnitude (global max)": ("net", "magnitude", "global_max"),
              "meta": ("edited", "magnitude", config.allocation),
+             "meta (strength chosen)": ("chosen", "magnitude", config.allocation),
              "meta (scores)": ("net", "edited norms", config.allocation)}
     unknown = [m for m in config.methods if m not in known]
     if unknown:
@@ -588,9 +624,15 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
                          f"got {config.pre_finetune}")
     if config.apply_times < 1:
         raise ValueError(f"MetaPruneConfig.apply_times is at least 1, got {config.apply_times}")
+    if "meta (strength chosen)" in config.methods and not config.strength_grid:
+        raise ValueError("MetaPruneConfig.methods: 'meta (strength chosen)' needs a strength_grid to choose from")
+    if config.strength_grid and config.n_val_nets < 1:
+        raise ValueError(f"MetaPruneConfig.strength_grid needs validation networks (n_val_nets >= 1), "
+                         f"got n_val_nets={config.n_val_nets}")
     methods = list(config.methods) + list(extra_methods or {})
 
     tuned: dict = {}     # the pre-fine-tuned edited network of the network in hand
+    chosen: dict = {}    # id(network) -> its edit at the strength chosen on validation networks
 
     def prune_by(method: str, net: nn.Module, edited: nn.Module | None, s: float, seed: int, j: int,
                  ws, params) -> tuple[nn.Module, float, int, list[int]]:
@@ -598,15 +640,19 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
         known method."""
         which, crit, alloc = known[method]
         target, steps = net, config.finetune_steps
+        if which == "chosen":
+            which, edited = "edited", chosen[id(net)]
         if which == "edited":
             target = edited
             if config.pre_finetune:   # the published order: the edited network is fine-tuned, then pruned
                 key = (id(edited), seed, j)
-                if key not in tuned:
+                if key not in tuned or tuned[key][0] is not edited:   # an id is reused once its object is freed
                     tuned.clear()
-                    tuned[key] = _train_net(copy.deepcopy(edited), data, config.pre_finetune, config.batch_size,
-                                            torch.Generator().manual_seed(10_000 + seed * 100 + j), lr=1e-3)
-                target = tuned[key]
+                    tuned[key] = (edited, _train_net(copy.deepcopy(edited), data, config.pre_finetune,
+                                                     config.batch_size,
+                                                     torch.Generator().manual_seed(10_000 + seed * 100 + j),
+                                                     lr=1e-3))
+                target = tuned[key][1]
                 steps -= config.pre_finetune
         if crit == "edited norms":
             crit = group_norms(ws, edited.state_dict(), 2, params)
@@ -621,12 +667,27 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
         # -- zoo: networks trained here; the held-out ones are never seen in meta-training
         gen = torch.Generator().manual_seed(seed)
         nets = []
-        n_val = config.n_val_nets if config.select_every > 0 else 0
+        n_val = config.n_val_nets if config.select_every > 0 or config.strength_grid else 0
+        n_all = config.n_train_nets + config.n_test_nets + n_val
         t0 = time.perf_counter()
-        for i in tqdm(range(config.n_train_nets + config.n_test_nets + n_val), desc=f"seed {seed}: training the zoo",
-                      disable=not config.progress, leave=False):
-            torch.manual_seed(1000 * seed + i)
-            nets.append(_train_net(make(), data, config.net_steps, config.batch_size, gen))
+        zoo_key = (config.arch, config.channels, seed, n_all, config.net_steps, config.batch_size)
+        if zoo_key in _ZOO_CACHE:
+            states, gen_state, rng_state = _ZOO_CACHE[zoo_key]
+            for sd in states:
+                nets.append(make())
+                nets[-1].load_state_dict(sd)
+                nets[-1].eval()
+            gen.set_state(gen_state)
+            torch.set_rng_state(rng_state)
+        else:
+            for i in tqdm(range(n_all), desc=f"seed {seed}: training the zoo", disable=not config.progress,
+                          leave=False):
+                torch.manual_seed(1000 * seed + i)
+                nets.append(_train_net(make(), data, config.net_steps, config.batch_size, gen))
+            while len(_ZOO_CACHE) >= _ZOO_CACHE_SIZE:
+                _ZOO_CACHE.pop(next(iter(_ZOO_CACHE)))
+            _ZOO_CACHE[zoo_key] = ([{k: v.clone() for k, v in n.state_dict().items()} for n in nets],
+                                   gen.get_state(), torch.get_rng_state())
         # validation networks are trained last, so that the others are those of a run without them
         train_nets = nets[:config.n_train_nets]
         test_nets = nets[config.n_train_nets:config.n_train_nets + config.n_test_nets]
@@ -662,6 +723,29 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
                                      "chosen": snapshots[best][0]})
             log(f"  snapshot chosen on {len(val_nets)} validation networks: step {snapshots[best][0]} ("
                 + ", ".join(f"{st}: {100 * a:.1f}%" for (st, _), a in zip(snapshots, scores)) + ")")
+        if config.strength_grid:
+            # the edit's strength, one rule for every architecture: the s of the grid whose meta pipeline
+            # at the largest speedup does best on the validation networks (training-split accuracy after
+            # the fine-tune); s = 0 prunes the original network, i.e. what magnitude (or, with global_max,
+            # the control) prunes
+            s_max = max(config.speedups)
+            val_edits = [edit(meta, vnet, config.apply_times) for vnet in val_nets]
+            scores = []
+            for strength in config.strength_grid:
+                acc = []
+                for j, (vnet, ved) in enumerate(zip(val_nets, val_edits)):
+                    model, _, steps, _ = prune_by("meta", vnet, with_strength(vnet, ved, strength), s_max, seed,
+                                                  50 + j, ws, params)
+                    model = _train_net(model, data, steps, config.batch_size,
+                                       torch.Generator().manual_seed(seed * 100 + 50 + j), lr=1e-3)
+                    acc.append(_train_accuracy(model, data))
+                scores.append(sum(acc) / len(acc))
+            best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+            s_chosen = float(config.strength_grid[best])
+            result.strength.append({"seed": seed, "grid": list(config.strength_grid), "val_accuracy": scores,
+                                    "chosen": s_chosen, "speedup": s_max, "n_val_nets": len(val_nets)})
+            log(f"  edit strength chosen on {len(val_nets)} validation networks at {s_max}x: {s_chosen:g} ("
+                + ", ".join(f"{s:g}: {100 * a:.1f}%" for s, a in zip(config.strength_grid, scores)) + ")")
         if config.out:
             Path(config.out).mkdir(parents=True, exist_ok=True)
             save_meta_pruner(meta, Path(config.out) / f"metapruner_seed{seed}.safetensors")
@@ -671,6 +755,9 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
                    disable=not config.progress, leave=False)
         for j, net in enumerate(test_nets):
             edited = edit(meta, net, config.apply_times)
+            chosen.clear()
+            if config.strength_grid:
+                chosen[id(net)] = with_strength(net, edited, s_chosen)
             before, after = norm_spread(ws, net), norm_spread(ws, edited)
             result.spread.append({"seed": seed, "net": j, "before": before, "after": after})
             log(f"  held-out net {j}: group-norm spread (mean CV) {before['cv']:.2f} -> {after['cv']:.2f}, "
@@ -707,7 +794,7 @@ def _save(result: MetaPruneResult, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = asdict(result.config)
     (out / "results.json").write_text(json.dumps({"config": cfg, "rows": result.rows, "spread": result.spread,
-                                                  "selection": result.selection,
+                                                  "selection": result.selection, "strength": result.strength,
                                                   "meta_loss": result.meta_loss}, indent=1))
     (out / "results.md").write_text(
         "# Meta pruning: held-out accuracy (%) after pruning to a FLOP reduction and a short fine-tune\n\n"

@@ -143,3 +143,80 @@ def test_fine_tune_first_and_validation_choice_change_meta_only():
     assert sel["steps"] == [2, 4] and sel["chosen"] in sel["steps"] and len(sel["val_accuracy"]) == 2
     assert sel["val_accuracy"][sel["steps"].index(sel["chosen"])] == max(sel["val_accuracy"])
     assert acc(chosen, "magnitude") == acc(plain, "magnitude")       # held-out networks unchanged
+
+
+def test_edit_strength_interpolates_and_stays_equivariant():
+    from tasks.meta_prune import MetaPruner, edit, with_strength
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2).start_at_identity()
+    with torch.no_grad():
+        for p in meta.gmn.edge_head.parameters():
+            p.normal_(0, 0.3)
+    edited = edit(meta, model)
+    old, new = model.state_dict(), edited.state_dict()
+    zero, one = with_strength(model, edited, 0.0).state_dict(), with_strength(model, edited, 1.0).state_dict()
+    for k in old:
+        assert torch.equal(zero[k], old[k]) and torch.equal(one[k], new[k])
+    two = with_strength(model, edited, 2.0).state_dict()
+    half = with_strength(model, edited, 0.5).state_dict()
+    for k in old:
+        if old[k].is_floating_point():
+            torch.testing.assert_close(two[k], 2 * new[k] - old[k])
+            torch.testing.assert_close(half[k], (old[k] + new[k]) / 2)
+    assert any(not torch.allclose(two[k], new[k]) for k in old if old[k].is_floating_point())
+    # the same strength on a permuted network gives the permuted result
+    perm = ws.sample_permutation(torch.Generator().manual_seed(5))
+    twin, _ = _digits_cnn(1)
+    twin.load_state_dict(ws.permute(old, perm))
+    got = with_strength(twin, edit(meta, twin), 2.0).state_dict()
+    want = ws.permute(two, perm)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="finite"):
+        with_strength(model, edited, float("nan"))
+
+
+_TINY_STRENGTH = dict(channels=6, n_train_nets=2, n_test_nets=1, net_steps=5, meta_steps=2, meta_batch=2,
+                      speedups=(2.0,), finetune_steps=3, progress=False, open_gate=True, lam=0.1, n_val_nets=1,
+                      methods=("magnitude", "meta", "meta (strength chosen)"))
+
+
+def test_strength_zero_is_magnitude_and_the_choice_is_the_best_on_validation():
+    from tasks.meta_prune import MetaPruneConfig, run
+
+    def rows(res, method):
+        return [(r["speedup"], r["flops_reduction"], r["kept"], r["accuracy"]) for r in res.rows
+                if r["method"] == method]
+
+    res = run(MetaPruneConfig(strength_grid=(0.0,), **_TINY_STRENGTH), log=lambda m: None)
+    assert rows(res, "meta (strength chosen)") == rows(res, "magnitude")
+    assert rows(res, "meta") != rows(res, "magnitude")        # the edit at s = 1 prunes something else
+    res = run(MetaPruneConfig(strength_grid=(0.0, 4.0), **_TINY_STRENGTH), log=lambda m: None)
+    (st,) = res.strength
+    assert st["grid"] == [0.0, 4.0] and len(st["val_accuracy"]) == 2 and st["speedup"] == 2.0
+    best = max(st["val_accuracy"])
+    assert st["chosen"] == st["grid"][st["val_accuracy"].index(best)]      # ties: the first in the grid
+    if st["chosen"] == 0.0:
+        assert rows(res, "meta (strength chosen)") == rows(res, "magnitude")
+    with pytest.raises(ValueError, match="needs a strength_grid"):
+        run(MetaPruneConfig(**_TINY_STRENGTH), log=lambda m: None)
+    with pytest.raises(ValueError, match="needs validation networks"):
+        run(MetaPruneConfig(strength_grid=(1.0,), **{**_TINY_STRENGTH, "n_val_nets": 0}), log=lambda m: None)
+
+
+def test_a_zoo_reused_in_process_gives_the_same_run():
+    import tasks.meta_prune as mp
+
+    cfg = mp.MetaPruneConfig(**{**_TINY_STRENGTH, "methods": ("magnitude", "meta")})
+    mp._ZOO_CACHE.clear()
+    fresh = mp.run(cfg, log=lambda m: None)
+    assert len(mp._ZOO_CACHE) == 1
+    cached = mp.run(cfg, log=lambda m: None)
+
+    def strip(res):
+        return [{k: v for k, v in r.items() if k != "latency_speedup"} for r in res.rows]
+
+    assert strip(fresh) == strip(cached) and fresh.meta_loss == cached.meta_loss
+    mp._ZOO_CACHE.clear()
