@@ -325,6 +325,24 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
 
 
 INR_BATCH = 16   # small batches: a few hundred optimizer steps in a few epochs of ~1,400 INRs
+# --inr-zoo: recipe -> (networks, recipe options) that ensure_zoo builds when the zoo is absent
+INR_ZOOS = {"digits_siren": (1797, {"views": 1}),       # one SIREN per digits image (all 1,797)
+            "shapes_siren": (1000, {"views": 1})}       # one per synthetic shape image (the recipe's 1,000)
+
+
+def zoo_build_line(zoo_path: Path) -> str:
+    """The command that built the zoo at ``zoo_path`` (from its zoo.json), options that differ
+    from the recipe's defaults only."""
+    from zoo.recipes import get_recipe
+
+    b = json.loads((zoo_path / "zoo.json").read_text()).get("build", {})
+    try:
+        base = {"sample": True, "hparams": {}, "data_root": None, **get_recipe(b["recipe"]).defaults}
+    except Exception:   # an imported or unknown recipe: show every option
+        base = {}
+    opts = {k: v for k, v in b.get("options", {}).items() if base.get(k, object()) != v}
+    return (f"metanet zoo build --recipe {b.get('recipe')} --n {b.get('n')}"
+            + (f" --options '{json.dumps(opts, sort_keys=True)}'" if opts else ""))
 
 
 def _inr_model(model: str, zoo_path, cfg):
@@ -443,6 +461,122 @@ def on_row() -> None:
     """Save what is measured so far (set by main)."""
 
 
+def run_of(runs: list, model: str):
+    """Index of the last command in ``runs`` (a part's part_runs) that trained ``model``: one
+    that named it in --models, or one without --models (its part's default models)."""
+    found = None
+    for i, st in enumerate(runs):
+        if not st.get("models") or model in st["models"].split(","):
+            found = i
+    return found
+
+
+def _load_result(name: str) -> dict | None:
+    f = ROOT / "benchmarks" / "results" / f"{name}.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _same_run(res: dict, part: str, models) -> tuple[int, dict] | None:
+    """The latest command of ``part`` that trained every one of ``models`` (its index and
+    part_runs entry), when the rows of all of them come from it; else None."""
+    runs = res.get("part_runs", {}).get(part, [])
+    have = {r["model"] for r in res.get(part) or []}
+    for i in reversed(range(len(runs))):
+        if all(m in have and run_of(runs, m) == i for m in models):
+            return i, runs[i]
+    return None
+
+
+def targets_section(res: dict) -> list[str]:
+    """Issue 15's targets against what benchmarks/results/metanet*.json hold: one row per
+    target with the measured value, the command that measured it, met or not. Margins are
+    taken only between rows of one command."""
+    names = {"gmn": "GMN", "gmn_rnorm": "GMN, readout_norm='batch'", "gmn_canonical": "scale/sign-aware GMN",
+             "gmn_hybrid_sum": "GMN + StatNN hybrid", "ngt": "NGT", "ngt_rnorm": "NGT, readout_norm='batch'"}
+    T = ["## Against the issue's targets", "",
+         "Written from benchmarks/results/metanet*.json; a margin is read only between rows of one command.", "",
+         "| target | measured | command | met |", "|---|---|---|---|"]
+
+    def cmd(st):
+        return f"`{st['command']}`" + (f" (load {st['machine_load']:.1f})" if "machine_load" in st else "")
+
+    # accuracy prediction, digits CNN: GMN >= StatNN + 0.02 and >= public NFN-HNP, same run
+    acc = {r["model"]: r for r in res.get("accuracy") or []}
+    shown = False
+    for m in [m for m in acc if m == "gmn" or m in GMN_VARIANTS]:
+        same = _same_run(res, "accuracy", ["statnn", "nfn_public", m])
+        if same is None:
+            continue
+        shown = True
+        d1 = acc[m]["tau"][0] - acc["statnn"]["tau"][0]
+        d2 = acc[m]["tau"][0] - acc["nfn_public"]["tau"][0]
+        T.append(f"| accuracy ({res.get('accuracy_zoo')}): GMN ≥ StatNN + 0.02 τ and ≥ public NFN-HNP, same run "
+                 f"| {names.get(m, m)} τ {fmt(acc[m]['tau'])}: {d1:+.3f} over StatNN ({fmt(acc['statnn']['tau'])}), "
+                 f"{d2:+.3f} over public NFN-HNP ({fmt(acc['nfn_public']['tau'])}) | {cmd(same[1])} "
+                 f"| {'met' if d1 >= 0.02 and d2 >= 0 else 'not met'} |")
+    if not shown:
+        T.append("| accuracy: GMN ≥ StatNN + 0.02 τ and ≥ public NFN-HNP, same run | no command holds GMN, StatNN "
+                 "and the public NFN-HNP | | not measured |")
+
+    # mixed architectures: GMN >= StatNN + 0.08
+    mixed_res = _load_result("metanet_mixed")
+    src = mixed_res if mixed_res and mixed_res.get("mixed") else res
+    mixed = {r["model"]: r for r in src.get("mixed") or []}
+    rows = []
+    for m in [m for m in mixed if m == "gmn" or m in GMN_VARIANTS]:
+        same = _same_run(src, "mixed", ["statnn", m])
+        if same is None:
+            continue
+        d = mixed[m]["tau"][0] - mixed["statnn"]["tau"][0]
+        size = f", {src['mixed_networks']} networks" if "mixed_networks" in src else ""
+        rows.append(f"| mixed ({src.get('mixed_zoo')}{size}): GMN ≥ StatNN + 0.08 τ | {names.get(m, m)} τ "
+                    f"{fmt(mixed[m]['tau'])} ({len(mixed[m]['taus'])} seed(s)): {d:+.3f} over StatNN "
+                    f"({fmt(mixed['statnn']['tau'])}) | {cmd(same[1])} | {'met' if d >= 0.08 else 'not met'} |")
+    T += rows or ["| mixed: GMN ≥ StatNN + 0.08 τ | not yet run (see metanet_mixed.md) | | not measured |"]
+
+    # unseen architectures: no numeric target, transfer against native
+    runs = res.get("part_runs", {}).get("unseen", [])
+    for r in res.get("unseen") or []:
+        i = run_of(runs, r["model"])
+        T.append(f"| unseen ({res.get('unseen_zoo')}): τ trained on digits_cnn against trained on that zoo | "
+                 f"{names.get(r['model'], r['model'])}: {fmt(r['transfer_tau'])} against {fmt(r['native_tau'])} "
+                 f"({r['transfer_tau'][0] - r['native_tau'][0]:+.3f}) | {cmd(runs[i]) if i is not None else '?'} "
+                 f"| no numeric target |")
+
+    # INR classification: GMN >= NFN-NP (ours) + 2 points; scale/sign-aware GMN > GMN
+    for name in ("metanet_inr", "metanet_inr_shapes"):
+        inr_res = _load_result(name)
+        if not inr_res or not inr_res.get("inr"):
+            T.append(f"| INR ({name}): GMN ≥ NFN-NP + 2 points; aware GMN > GMN | not yet run | | not measured |")
+            continue
+        inr = {r["model"]: r for r in inr_res["inr"]}
+        zoo = inr_res.get("inr_zoo")
+        same = _same_run(inr_res, "inr", ["gmn", "nfn"])
+        if same:
+            d = 100 * (inr["gmn"]["acc"][0] - inr["nfn"]["acc"][0])
+            T.append(f"| INR ({zoo}): GMN ≥ NFN-NP (ours) + 2 points | GMN {fmt(inr['gmn']['acc'])}, NFN-NP "
+                     f"{fmt(inr['nfn']['acc'])}: {d:+.1f} points | {cmd(same[1])} | {'met' if d >= 2 else 'not met'} |")
+        same = _same_run(inr_res, "inr", ["gmn", "gmn_canonical"])
+        if same:
+            d = 100 * (inr["gmn_canonical"]["acc"][0] - inr["gmn"]["acc"][0])
+            T.append(f"| INR ({zoo}): scale/sign-aware GMN > GMN | aware {fmt(inr['gmn_canonical']['acc'])}, GMN "
+                     f"{fmt(inr['gmn']['acc'])}: {d:+.1f} points | {cmd(same[1])} | {'met' if d > 0 else 'not met'} |")
+        norm = {st.get("readout_norm") for st in inr_res.get("part_runs", {}).get("inr", [])}
+        if norm - {None}:
+            T.append(f"| INR ({zoo}): note | GMN and NGT there run with readout_norm={sorted(norm - {None})[0]!r}, "
+                     "an option off by default | | |")
+
+    # throughput: GMN's training networks/s >= the public NFN-HNP's, same run
+    thr = {r["model"]: r for r in res.get("throughput") or []}
+    if "gmn" in thr and "nfn_public" in thr:
+        st = res.get("part_runs", {}).get("throughput", [{"command": res["command"]}])[-1]
+        ok = thr["gmn"]["networks_per_s"] >= thr["nfn_public"]["networks_per_s"]
+        T.append(f"| training throughput (digits CNN): GMN ≥ public NFN-HNP networks/s, same run | GMN "
+                 f"{thr['gmn']['networks_per_s']:.0f}, public NFN-HNP {thr['nfn_public']['networks_per_s']:.0f} "
+                 f"| {cmd(st)} | {'met' if ok else 'not met'} |")
+    return T + [""]
+
+
 def write_markdown(res: dict, path: Path) -> None:
     L = ["# Metanetworks: conversion, accuracy prediction, INR classification, throughput", "",
          f"On {res['machine']} ({res.get('threads', '?')} torch thread(s)), torch {res['torch']}, public nfn "
@@ -465,23 +599,30 @@ def write_markdown(res: dict, path: Path) -> None:
                           f"{r['shared_param_bytes_per_weight']:.1f}" for r in res["convert"][:1]) + ".", ""]
     def setting(part):
         out = []
-        for st in res.get("part_runs", {}).get(part, [{"command": res["command"]}]):
+        runs = res.get("part_runs", {}).get(part, [{"command": res["command"]}])
+        for i, st in enumerate(runs):
             cap = f", at most {st['max_train']} training checkpoints" if st.get("max_train") else ""
             load = f", load average {st['machine_load']:.1f} at the start" if "machine_load" in st else ""
             which = f" ({st['models']})" if st.get("models") else ""
             norm = (f", GMN and NGT with readout_norm={st['readout_norm']!r} (pooled features standardised "
                     f"across networks)" if st.get("readout_norm") else "")
-            out.append(f"`{st['command']}`{which}: {st.get('seeds', res['seeds'])} seed(s), "
+            num = f"({i + 1}) " if len(runs) > 1 else ""
+            out.append(f"{num}`{st['command']}`{which}: {st.get('seeds', res['seeds'])} seed(s), "
                        f"{st.get('epochs', res['epochs'])} epochs{cap}{norm}{load}")
         secs = sum(r.get("seconds", 0) for r in res.get(part) or [] if isinstance(r, dict))
         took = f"; {secs / 60:.0f} min of training in all" if secs else ""
         return "; then ".join(out) + took + "."
 
-    def regression_table(rows, names):
-        T = ["| model | Kendall τ | R² | seeds | train networks/s | best epochs |", "|---|---|---|---:|---:|---|"]
+    def regression_table(rows, names, part=None):
+        runs = res.get("part_runs", {}).get(part, []) if part else []
+        many = len(runs) > 1   # rows of several commands: say which command measured each row
+        T = ["| model | Kendall τ | R² | seeds | train networks/s | best epochs |" + (" command |" if many else ""),
+             "|---|---|---|---:|---:|---|" + ("---:|" if many else "")]
         for r in rows:
+            src = run_of(runs, r["model"]) if many else None
             T.append(f"| {names.get(r['model'], r['model'])} | {fmt(r['tau'])} | {fmt(r['r2'])} | {len(r['taus'])} | "
-                     f"{r['train_networks_per_s'][0]:.0f} | {', '.join(map(str, r.get('best_epochs', [])))} |")
+                     f"{r['train_networks_per_s'][0]:.0f} | {', '.join(map(str, r.get('best_epochs', [])))} |"
+                     + (f" {'?' if src is None else src + 1} |" if many else ""))
         return T
 
     names = {"nfn": "NFN-HNP (ours)", "nfn_public": "NFN-HNP (public nfn)", "statnn": "StatNN", "gmn": "GMN",
@@ -493,9 +634,11 @@ def write_markdown(res: dict, path: Path) -> None:
              "gmn_hybrid_sum": "GMN + StatNN (hybrid: outputs summed)",
              "gmn_pna_hybrid_sum": "GMN, PNA readout + StatNN (hybrid: outputs summed)",
              "gmn_rnorm": "GMN, readout_norm='batch'", "ngt_rnorm": "NGT, readout_norm='batch'"}
+    if path.stem == "metanet":
+        L += targets_section(res)
     if res.get("accuracy"):
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
-              setting("accuracy"), ""] + regression_table(res["accuracy"], names)
+              setting("accuracy"), ""] + regression_table(res["accuracy"], names, "accuracy")
         by = {r["model"]: r["tau"][0] for r in res["accuracy"]}
         # margins only between rows of one command: the latest that ran StatNN
         runs = [st for st in res.get("part_runs", {}).get("accuracy", [])
@@ -514,7 +657,7 @@ def write_markdown(res: dict, path: Path) -> None:
         size = (f"{res['mixed_networks']} networks of {res['mixed_architectures']} architectures (with kwargs), "
                 if "mixed_networks" in res else "")
         L += [f"## Mixed architectures ({res['mixed_zoo']}: {size}small CNNs, tiny ResNets, transformers; every "
-              "saved step, test split)", "", setting("mixed"), ""] + regression_table(res["mixed"], names)
+              "saved step, test split)", "", setting("mixed"), ""] + regression_table(res["mixed"], names, "mixed")
         by = {r["model"]: r["tau"][0] for r in res["mixed"]}
         if "statnn" in by:
             L += [""] + [f"{names.get(m, m)} − StatNN: {by[m] - by['statnn']:+.3f} τ (target for GMN ≥ +0.08).  "
@@ -546,17 +689,22 @@ def write_markdown(res: dict, path: Path) -> None:
             if "gmn" in acc and "gmn_canonical" in acc:
                 L.append(f"Scale/sign-aware GMN − GMN: {100 * (acc['gmn_canonical'] - acc['gmn']):+.1f} points "
                          f"(target > 0).  ")
-        if any(st.get("readout_norm") for st in res.get("part_runs", {}).get("inr", [])):
+        digits = Path(res["inr_zoo"]).name in ("digits_siren", "quick_digits_siren")
+        if digits and any(st.get("readout_norm") for st in res.get("part_runs", {}).get("inr", [])):
             L += ["", "readout_norm='batch' (GMN's and NGT's option, off by default): the pooled readout "
                   "features standardised across the networks of a batch (running statistics at evaluation). "
                   "Without it the pooled features of these SIRENs differ by a few percent from network to "
                   "network, plain GMN and NGT do not fit even the training split (training loss stays at "
                   "ln 10) and test at chance: 0.076 ± 0.026 and 0.063 ± 0.003 in the run this one replaces "
                   "(`--models statnn,nfn_public,gmn,ngt`, 3 seeds, 6 epochs)."]
+        build = res.get("inr_zoo_build") or ("metanet zoo build --recipe digits_siren --n 1797 --options "
+                                             "'{\"views\": 1}'")
+        what = ("every digits image resampled to 16x16, DWSNets' SIREN init; with the paper's SIREN init every "
+                "model here stays at chance: see zoo/recipes.py" if digits else
+                "SIRENs 2-32-32-1 fitted to synthetic 16x16 images of 10 shape classes (zoo/data.py make_shapes), "
+                "DWSNets' SIREN init, as digits_siren's" if "shapes_siren" in res["inr_zoo"] else "")
         L += ["", f"Batches of {INR_BATCH}; chance is 0.10; the split is by image (one INR per image). The zoo: "
-              "`metanet zoo build --recipe digits_siren --n 1797 --options '{\"views\": 1}'` (every digits image "
-              "resampled to 16x16, DWSNets' SIREN init; with the paper's SIREN init every model here stays at "
-              "chance: see zoo/recipes.py).", ""]
+              f"`{build}`" + (f" ({what})" if what else "") + ".", ""]
     if res.get("throughput"):
         L += ["## Training throughput and memory (digits CNN, batches of 64, hidden 32, 3 layers)", "",
               setting("throughput"), "",
@@ -591,14 +739,28 @@ def main(argv=None) -> int:
     ap.add_argument("--readout-norm", default="none", choices=["none", "batch"],
                     help="GMN and NGT (and GMN variants) in the parts run: 'batch' standardises their pooled "
                          "readout features across networks (metanet.nn.GMN's readout_norm); default none")
+    ap.add_argument("--inr-zoo", default="digits_siren", choices=sorted(INR_ZOOS),
+                    help="inr part: the INR zoo (recipe name; built under zoos/ when absent); with shapes_siren "
+                         "give --name too (e.g. metanet_inr_shapes), so as not to mix its rows with digits ones")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
+    ap.add_argument("--pages-only", action="store_true",
+                    help="run nothing: rewrite benchmarks/<name>.md from its JSON (e.g. after another page's run "
+                         "changed the targets section of metanet.md)")
     ap.add_argument("--throughput-one", default=None, help=argparse.SUPPRESS)   # one model, in a subprocess
     ap.add_argument("--zoo", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.throughput_one:
         print(json.dumps(throughput_one(Path(args.zoo), args.throughput_one, args.throughput_steps)))
+        return 0
+    if args.pages_only:
+        name = args.name or "metanet"
+        res = _load_result(name)
+        if res is None:
+            raise SystemExit(f"benchmarks/results/{name}.json does not exist")
+        write_markdown(res, ROOT / "benchmarks" / f"{name}.md")
+        print(f"wrote benchmarks/{name}.md from benchmarks/results/{name}.json")
         return 0
     global READOUT_NORM
     READOUT_NORM = None if args.readout_norm == "none" else args.readout_norm
@@ -669,8 +831,14 @@ def main(argv=None) -> int:
                     **({"models": args.models.split(",")} if args.models else {}))
         save()
     if "inr" in parts:
-        siren = ensure_zoo("digits_siren", 100 if args.quick else 1797, args.quick, {"views": 1})
+        n_inr, inr_opts = INR_ZOOS[args.inr_zoo]
+        siren = ensure_zoo(args.inr_zoo, 100 if args.quick else n_inr, args.quick, inr_opts)
+        if res.get("inr") and res.get("inr_zoo") not in (None, str(siren.relative_to(ROOT))):
+            if args.models:   # the rows kept under --models would be another zoo's
+                raise SystemExit(f"benchmarks/results/{name}.json holds INR rows of {res['inr_zoo']}, not of "
+                                 f"{siren.relative_to(ROOT)}: give another --name")
         res["inr_zoo"] = str(siren.relative_to(ROOT))
+        res["inr_zoo_build"] = zoo_build_line(siren)
         models = args.models.split(",") if args.models else None
         res["inr"] = [r for r in res.get("inr", []) if models and r["model"] not in models]
         inr_part(siren, seeds, epochs, args.max_train, res["inr"], **({"models": models} if models else {}))
