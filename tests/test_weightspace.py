@@ -114,6 +114,42 @@ def test_symmetries_offered_where_they_hold():
         space("mlp_relu").scale(archs.ARCHS["mlp_relu"]()[0].state_dict(), Scaling(s.factors, "sign"))
 
 
+class _Act(nn.Module):
+    """conv -> activation -> conv -> activation -> 1x1 conv, the activation a module."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+        self.p, self.q = make(), make()
+
+    def forward(self, x):
+        return self.c(self.q(self.b(self.p(self.a(x)))))
+
+
+def _prelu(c):
+    m = nn.PReLU(c)
+    with torch.no_grad():
+        m.weight.uniform_(-0.5, 0.5)   # slopes that differ per channel and may be negative
+    return m
+
+
+@pytest.mark.parametrize("make, scaling, sign", [
+    (lambda: _prelu(6), True, False),          # per-channel slope: permuted with its channel
+    (lambda: _prelu(1), True, False),
+    (lambda: nn.RReLU().eval(), True, False),
+    (nn.Hardshrink, False, True),
+    (nn.Softshrink, False, True),
+])
+def test_prelu_rrelu_and_shrinks_keep_the_symmetries_they_have(make, scaling, sign):
+    torch.manual_seed(0)
+    model, x = _Act(make).eval(), torch.randn(2, 3, 5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedOpWarning)   # each has its own rule now
+        ws = WeightSpace.of(model, (x,), cache=False)
+    assert [(g.size, g.scaling, g.sign) for g in ws.groups] == [(6, scaling, sign)] * 2
+    ws.verify(model, (x,), n=5)   # every sampled permutation / scaling / sign flip, numerically
+
+
 def _edge_table(g, relabel=None):
     ei = g.edge_index if relabel is None else relabel[g.edge_index]
     n = int(g.num_nodes)

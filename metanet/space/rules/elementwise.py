@@ -13,14 +13,18 @@ from .registry import is_tensor, rule
 _LINEAR = ("dropout", "dropout_", "feature_dropout", "alpha_dropout", "native_dropout",
            "feature_alpha_dropout", "clone", "alias", "detach", "contiguous", "_to_copy", "to",
            "lift_fresh_copy", "copy", "type_as", "float", "double", "neg")
-_POSITIVE = ("relu", "relu_", "leaky_relu", "leaky_relu_")                # f(a x) = a f(x), a > 0
-_ODD = ("tanh", "tanh_", "sin", "sin_", "erf", "atan", "asinh", "sinh")  # f(-x) = -f(x)
+# f(a x) = a f(x), a > 0 (rrelu: a fixed slope in eval mode, a random one per element in
+# training mode: either way the slope does not depend on the input's scale)
+_POSITIVE = ("relu", "relu_", "leaky_relu", "leaky_relu_", "rrelu", "rrelu_")
+_ODD = ("tanh", "tanh_", "sin", "sin_", "erf", "atan", "asinh", "sinh",    # f(-x) = -f(x)
+        "tan", "asin", "atanh", "hardshrink", "softshrink", "sgn")
 _OTHER = ("relu6", "hardtanh", "hardtanh_", "gelu", "silu", "silu_", "mish", "hardswish",
           "hardswish_", "sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "cos", "exp", "exp_",
           "log", "sqrt", "rsqrt", "abs", "elu", "selu", "celu", "softplus", "log_sigmoid",
           "square", "clamp", "clamp_min", "clamp_max", "sign", "floor", "ceil", "round",
           "reciprocal", "half", "bfloat16", "cosh", "logical_not", "bitwise_not", "isnan",
-          "isinf", "threshold",
+          "isinf", "threshold", "log1p", "expm1", "log2", "log10", "exp2", "acos", "acosh",
+          "erfc", "sinc", "frac", "trunc",
           # softmax along an axis is equivariant to permutations of that axis
           "softmax", "log_softmax", "_softmax", "_log_softmax", "_safe_softmax")
 
@@ -38,6 +42,23 @@ rule(_LINEAR, unary, symmetry="linear")
 rule(_POSITIVE, unary, symmetry="positive")
 rule(_ODD, unary, symmetry="odd")
 rule(_OTHER, unary)
+
+
+@rule("prelu", symmetry="custom")
+def prelu(P, n):
+    """PReLU: a learned slope per channel (axis 1; one slope for every channel when the
+    weight has one element). Positively homogeneous, so scalings pass and the slope is
+    not rescaled (role "none"); not odd, so sign flips stop."""
+    X = P.t(n.args[0])
+    w = P.arg(n, 1, "weight")
+    if is_tensor(w):
+        if len(X) >= 2 and P.shape(w) and P.shape(w)[0] > 1:
+            P.V.unify(P.t(w)[0], X[1])
+        if isinstance(w, Param):
+            for k in range(len(P.shape(w))):
+                P.scale_roles.setdefault(w.name, {})[k] = "none"
+    P.forbid(X, f"{n.where()} (PReLU is not odd)", scale=False)
+    return list(X)
 
 
 @rule(("add", "sub", "rsub", "add_", "sub_"), symmetry="custom")
