@@ -118,6 +118,16 @@ def test_cli_align(tmp_path, capsys):
     rc = main(["align", str(tmp_path / "a.safetensors"), str(tmp_path / "nope.pt"), "--model", "small_cnn",
                "--out", str(tmp_path / "d.pt")])
     assert rc == 2 and "no such checkpoint" in capsys.readouterr().err
+    # files that are not what they say: a clear line and exit code 2, never a traceback
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    torch.save({"step": 3}, str(tmp_path / "nostate.pt"))
+    torch.save({"net": torch.nn.Linear(2, 2)}, str(tmp_path / "pickled.pt"))   # needs full pickle
+    for name, says in (("junk.safetensors", "unreadable safetensors"), ("nostate.pt", "holds no state dict"),
+                       ("pickled.pt", "refusing to load")):
+        rc = main(["align", str(tmp_path / "a.safetensors"), str(tmp_path / name), "--model", "small_cnn",
+                   "--out", str(tmp_path / "e.pt")])
+        assert rc == 2 and says in capsys.readouterr().err, name
+    assert not (tmp_path / "e.pt").exists()
 
 
 # -- loss barriers between independently trained networks ------------------------------------------

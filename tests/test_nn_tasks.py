@@ -120,6 +120,29 @@ def test_predict_command_on_one_checkpoint_file(cnn_zoo, tmp_path, capsys):
             assert got["prediction"] == pytest.approx(by_zoo[i], rel=1e-5, abs=1e-6), (i, name)
     with pytest.raises(SystemExit, match="--arch"):
         main(["predict", "--model", str(out / "best"), "--checkpoint", str(tmp_path / "sd.pt")])
+    # bad input: exit code 2 and one line that names what is wrong
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    torch.save({k: v[..., :1] for k, v in z.state_dict(1).items()}, tmp_path / "cut.pt")
+    rec = z.record(1)
+    good = ["--arch", rec["arch"], "--arch-kwargs", json.dumps(rec["arch_kwargs"])]
+    for argv, says in (
+            (["--model", str(tmp_path), "--zoo", str(cnn_zoo)], "no task.json"),
+            (["--model", str(out), "--zoo", str(cnn_zoo)], "its best/ subfolder"),
+            (["--model", str(tmp_path / "none"), "--zoo", str(cnn_zoo)], "no such folder"),
+            (["--model", str(out / "best"), "--zoo", str(tmp_path)], str(tmp_path)),
+            (["--model", str(out / "best"), "--checkpoint", str(tmp_path / "sd.pt"), "--arch", "nope"],
+             "not a zoo architecture"),
+            (["--model", str(out / "best"), "--checkpoint", str(tmp_path / "sd.pt"), "--arch", rec["arch"],
+              "--arch-kwargs", "{width: 3"], "is not JSON"),
+            (["--model", str(out / "best"), "--checkpoint", str(tmp_path / "sd.pt"), "--arch", rec["arch"],
+              "--arch-kwargs", '{"no_such_option": 3}'], "do not fit"),
+            (["--model", str(out / "best"), "--checkpoint", str(tmp_path / "missing.pt")] + good, "no such file"),
+            (["--model", str(out / "best"), "--checkpoint", str(tmp_path / "junk.safetensors")] + good,
+             "unreadable safetensors"),
+            (["--model", str(out / "best"), "--checkpoint", str(tmp_path / "cut.pt")] + good, "shape")):
+        assert main(["predict"] + argv) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, (argv, err)
 
 
 def test_train_commands_on_imported_public_zoos(tmp_path, capsys):

@@ -328,6 +328,19 @@ def test_prune_command(tmp_path, capsys):
     assert "of all neurons (global) removed" in capsys.readouterr().out
     assert main(["prune", "--model", "cnn", "--ratio", "1.5"]) == 2
     assert "--ratio must be in (0, 1)" in capsys.readouterr().err
+    # --weights: a checkpoint of the model is read; a missing, unreadable or mismatched one is refused
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "w.pt")
+    assert main(["prune", "--model", "cnn", "--weights", str(tmp_path / "w.pt"), "--ratio", "0.3",
+                 "--no-latency"]) == 0
+    capsys.readouterr()
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    torch.save({k: v[:1] for k, v in sd.items()}, tmp_path / "cut.pt")
+    for name, says in (("missing.pt", "no such --weights file"), ("junk.safetensors", "unreadable safetensors"),
+                       ("cut.pt", "does not fit --model")):
+        assert main(["prune", "--model", "cnn", "--weights", str(tmp_path / name), "--ratio", "0.3",
+                     "--no-latency"]) == 2, name
+        assert says in capsys.readouterr().err, name
 
 
 # -- meta pruning -----------------------------------------------------------------------------------------------

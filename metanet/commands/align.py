@@ -41,29 +41,21 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_checkpoint(path: str):
-    """A state dict from a safetensors or .pt/.pth file, read without pickle."""
-    import torch
+def load_checkpoint(path: str, what: str = "checkpoint"):
+    """A state dict from a safetensors or .pt/.pth file, read without pickle
+    (zoo.importers.load_checkpoint_file); what is wrong with the file as a UsageError."""
+    from zoo.importers import load_checkpoint_file
+    from zoo.store import ZooError
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"no such checkpoint file {path!r}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    if p.suffix not in (".pt", ".pth", ".bin"):
+        raise UsageError(f"no such {what} file {path!r}")
+    if p.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
         raise UsageError(f"{path!r}: expected a .safetensors, .pt or .pth file")
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as err:   # pickle of arbitrary objects: refused
-        raise UsageError(f"{path!r} cannot be read with weights_only=True ({type(err).__name__}); it needs "
-                         f"pickle, which is not run on files: save model.state_dict() with torch.save or "
-                         f"safetensors instead") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UsageError(f"{path!r} does not hold a state dict (a dict of tensors)")
-    return obj
+        return load_checkpoint_file(p)
+    except ZooError as err:
+        raise UsageError(str(err)) from None
 
 
 def _model(spec: str):

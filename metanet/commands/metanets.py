@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 from dataclasses import fields
+from pathlib import Path
 
 
 def _add_common(p: argparse.ArgumentParser, config_cls) -> None:
@@ -91,11 +92,47 @@ def register(subparsers) -> None:
 
 
 def _predict(args) -> int:
+    import sys
+
+    from zoo.store import ZooError
+
+    from ..space.weightspace import StateDictError
+    from .convert import EXIT_USAGE, UsageError
+
+    try:
+        return _predict_checked(args)
+    except (UsageError, ZooError, StateDictError) as err:
+        print(f"metanet predict: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _load_metanet(path: str):
+    """The metanetwork saved by `metanet train` in ``path``, or a UsageError saying what is wrong."""
+    from tasks.predict_accuracy import load_model
+
+    from .convert import UsageError
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UsageError(f"--model {path!r}: no such folder (give the best/ folder that `metanet train` wrote)")
+    if not (p / "task.json").is_file():
+        hint = " (its best/ subfolder?)" if (p / "best" / "task.json").is_file() else ""
+        raise UsageError(f"--model {path!r}: not a folder saved by `metanet train` (no task.json){hint}")
+    try:
+        return load_model(p)
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"--model {path!r}: cannot load the metanetwork saved there "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def _predict_checked(args) -> int:
     import torch
 
-    from tasks.predict_accuracy import load_model, zoo_batches
+    from tasks.predict_accuracy import zoo_batches
 
-    model, meta = load_model(args.model)
+    from .convert import UsageError
+
+    model, meta = _load_metanet(args.model)
     model.eval()
     layout = meta["config"].get("layout", "compact")
     classify = "num_classes" in meta["config"]
@@ -119,11 +156,24 @@ def _predict(args) -> int:
         raise SystemExit("metanet predict --checkpoint needs --arch (and --arch-kwargs) to trace the network")
     from metanet.graph import SharedBatch
     from zoo.importers import load_checkpoint_file
-    from zoo.models import create
+    from zoo.models import create, list_models
 
     from ..space.weightspace import WeightSpace
 
-    net = create(args.arch, **json.loads(args.arch_kwargs))
+    if args.arch not in list_models():
+        raise UsageError(f"--arch {args.arch!r}: not a zoo architecture; known: {', '.join(list_models())}")
+    try:
+        kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--arch-kwargs {args.arch_kwargs!r} is not JSON ({err})") from None
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--arch-kwargs must be a JSON object such as '{{\"width\": 16}}', got {args.arch_kwargs!r}")
+    try:
+        net = create(args.arch, **kwargs)
+    except TypeError as err:
+        raise UsageError(f"--arch-kwargs {args.arch_kwargs!r} do not fit {args.arch!r}: {err}") from None
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint!r}: no such file")
     sd = load_checkpoint_file(args.checkpoint)   # safetensors, or torch.load without pickle
     ws = WeightSpace.of(net, net.example_input())
     with torch.no_grad():

@@ -85,25 +85,9 @@ def _model(spec: str):
 
 
 def _load_weights(model, path: str) -> None:
-    import torch
+    from .align import load_checkpoint
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--weights: no such file {path!r}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(p))
-    elif p.suffix in (".pt", ".pth", ".bin"):
-        try:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise UsageError(f"--weights {path!r} cannot be read with weights_only=True ({type(err).__name__}); "
-                             f"it needs pickle, which is not run on files: save model.state_dict() with "
-                             f"torch.save or safetensors") from None
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-            sd = sd["state_dict"]
-    else:
-        raise UsageError(f"--weights {path!r}: expected a .safetensors, .pt or .pth file")
+    sd = load_checkpoint(path, "--weights")
     try:
         model.load_state_dict(sd)
     except (RuntimeError, TypeError) as err:
