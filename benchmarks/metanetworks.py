@@ -210,6 +210,7 @@ GMN_VARIANTS = {
 
 
 READOUT_NORM = None   # --readout-norm: GMN's and NGT's readout_norm in the parts run (None: off)
+GMN_FAST = False      # --gmn-fast: GMN (and its variants) with fast=True, the same function (metanet.nn.GMN)
 
 
 RNORM_ALIASES = {"ngt_rnorm": "ngt"}   # model names that run their base model with readout_norm='batch'
@@ -233,7 +234,7 @@ def _ready_model(model: str, zoo_path, cfg):
     GMN variant of GMN_VARIANTS (otherwise as build_model's GMN)."""
     if model == "nfn_public":
         return _public_model(zoo_path, "hnp", cfg.hidden, cfg.layers, 1)
-    if model in GMN_VARIANTS:
+    if model in GMN_VARIANTS or (GMN_FAST and model == "gmn"):
         from metanet.nn import GMN
         from zoo import Zoo
 
@@ -241,7 +242,8 @@ def _ready_model(model: str, zoo_path, cfg):
 
         plain = build_model("gmn", Zoo.open(zoo_path), layout=cfg.layout, hidden=cfg.hidden,
                             layers=cfg.layers, out_dim=1, readout_norm=READOUT_NORM)
-        return GMN(**{**plain._hub_mixin_config, **GMN_VARIANTS[model]})
+        return GMN(**{**plain._hub_mixin_config, **GMN_VARIANTS.get(model, {}),
+                      **({"fast": True} if GMN_FAST else {})})
     return None
 
 
@@ -322,6 +324,115 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
                      "test_checkpoints": len(test), "seconds": secs})
         on_row()
     return rows
+
+
+MIXED_MODELS = ("statnn", "gmn", "ngt")   # the mixed part's default models
+
+
+def _family(rec) -> str:
+    """A mixed-zoo network's family: its architecture's name (cnn, tiny_resnet, tiny_transformer)."""
+    return rec["arch"]
+
+
+def mixed_profile(zoo_path: Path, n_batches: int, models=("statnn", "gmn", "gmn_fast", "ngt")) -> dict:
+    """Where a mixed-zoo training step spends its time: the first tracing of every
+    architecture of the zoo (once per process; the parameter-graph structure is cached per
+    architecture after it), then on the first ``n_batches`` shuffled training batches of 64
+    (as fit() reads them: a padded PyG batch of mixed architectures) the data path per
+    stage (stacking from the shards, ws.graphs per architecture, to_data_list, collate)
+    and the training networks/s (forward, backward, AdamW step; one pass) and evaluation
+    networks/s (forward, no gradients) of each model on the same batches. ``gmn`` and
+    ``gmn_fast`` are one GMN with the same parameters, default layers and ``fast=True``."""
+    import numpy as np
+
+    from metanet.graph import collate
+    from metanet.nn import GMN
+    from tasks.predict_accuracy import _by_arch, build_model
+    from zoo import Zoo
+
+    z = Zoo.open(zoo_path)
+    out = {"load": os.getloadavg()[0], "architectures": len(z.architectures())}
+    t = time.perf_counter()
+    _by_arch(z, range(len(z)))   # traces each architecture once (cached for the training below)
+    out["trace_s"] = time.perf_counter() - t
+    train = z.split([0.8, 0.1, 0.1], seed=0, by="job")[0]
+    order = np.random.default_rng(0).permutation(len(train))
+    stages = dict(stack_s=0.0, graphs_s=0.0, datalist_s=0.0, collate_s=0.0)
+    batches, shapes = [], []
+    for a in range(0, min(len(order), 64 * n_batches), 64):
+        pos = order[a:a + 64].tolist()
+        where = {}
+        for group in _by_arch(train, pos).values():
+            t = time.perf_counter()
+            st = train.stacked(group)
+            t1 = time.perf_counter()
+            b = train.weight_space(group[0]).graphs(st, "compact")
+            t2 = time.perf_counter()
+            where.update(zip(group, b.to_data_list()))
+            t3 = time.perf_counter()
+            stages["stack_s"] += t1 - t
+            stages["graphs_s"] += t2 - t1
+            stages["datalist_s"] += t3 - t2
+        t = time.perf_counter()
+        g = collate([where[p] for p in pos])
+        stages["collate_s"] += time.perf_counter() - t
+        batches.append((g, train.subset(pos).targets("test_acc")))
+        shapes.append({"networks": len(pos), "architectures": len(_by_arch(train, pos)), "nodes": int(g.num_nodes),
+                       "edges": int(g.edge_attr.shape[0]), "width": int(g.edge_attr.shape[1]),
+                       "pad_fraction": float(g.pad_fraction)})
+    n = sum(len(y) for _, y in batches)
+    out.update(batches=shapes, networks=n, data_networks_per_s=n / sum(stages.values()), **stages)
+    out["models"] = []
+    base = None
+    for model in models:
+        torch.manual_seed(0)
+        kind = "gmn" if model.startswith("gmn") else model
+        norm = "batch" if kind in ("gmn", "ngt") else None
+        net = build_model(kind, train, layout="compact", hidden=32, layers=3, out_dim=1, readout_norm=norm)
+        if model == "gmn_fast":
+            net = GMN(**{**net._hub_mixin_config, "fast": True})
+            if base is not None:
+                net.load_state_dict(base.state_dict())
+        elif model == "gmn":
+            base = net
+        net.fit_normalization([g for g, _ in batches])
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        net.train()
+        t = time.perf_counter()
+        for g, y in batches:
+            loss = ((net(g).squeeze(-1) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        train_s = time.perf_counter() - t
+        net.eval()
+        t = time.perf_counter()
+        with torch.no_grad():
+            for g, _ in batches:
+                net(g)
+        eval_s = time.perf_counter() - t
+        out["models"].append({"model": model, "train_networks_per_s": n / train_s, "eval_networks_per_s": n / eval_s,
+                              "train_s": train_s, "eval_s": eval_s})
+        print("mixed profile:", json.dumps(out["models"][-1]), flush=True)
+    return out
+
+
+def mixed_families(zoo_path: Path, model: str, seed: int) -> tuple[dict, dict]:
+    """Test τ per family (cnn, tiny_resnet, tiny_transformer) of ``model``'s best checkpoint
+    of ``seed`` (out/bench/mixed_<model>_<seed>/best, as the mixed part saved it) on the
+    fixed test split: ``({family: test checkpoints}, {family: τ})``."""
+    from tasks.predict_accuracy import kendall_tau, load_model, predict
+    from zoo import Zoo
+
+    test = Zoo.open(zoo_path).split([0.8, 0.1, 0.1], seed=0, by="job")[2]
+    fams = [_family(r) for r in test.records]
+    net, _ = load_model(ROOT / "out" / "bench" / f"mixed_{model}_{seed}" / "best")
+    pred, y = predict(net, zoo_batches(test, 64, "compact", target="test_acc"))
+    taus = {}
+    for f in sorted(set(fams)):
+        idx = torch.tensor([i for i, g in enumerate(fams) if g == f])
+        taus[f] = kendall_tau(pred[idx], y[idx])
+    return {f: fams.count(f) for f in sorted(set(fams))}, taus
 
 
 INR_BATCH = 16   # small batches: a few hundred optimizer steps in a few epochs of ~1,400 INRs
@@ -577,6 +688,66 @@ def targets_section(res: dict) -> list[str]:
     return T + [""]
 
 
+def mixed_section(res: dict, names: dict, setting, regression_table) -> list[str]:
+    """The mixed part's page section: τ table, margins against +0.08 (rows of one command
+    only), τ per family, and the profile of a training step."""
+    names = {**names, "gmn": "GMN" + (" (fast=True)" if any(st.get("gmn_fast") for st in
+                                                            res.get("part_runs", {}).get("mixed", [])) else "")}
+    size = (f"{res['mixed_networks']} networks of {res['mixed_architectures']} architectures (with kwargs), "
+            if "mixed_networks" in res else "")
+    fams = res.get("mixed_families", {})
+    L = [f"## Mixed architectures ({res['mixed_zoo']}: {size}"
+         + (", ".join(f"{n} {f}" for f, n in fams.items()) if fams else "small CNNs, tiny ResNets, transformers")
+         + "; every saved step, test split)", ""]
+    if res.get("mixed"):
+        L += [setting("mixed"), ""] + regression_table(res["mixed"], names, "mixed") + [""]
+        by = {r["model"]: r for r in res["mixed"]}
+        for m in [m for m in by if _graph_model(m)]:
+            if "statnn" not in by:
+                break
+            same = _same_run(res, "mixed", ["statnn", m])
+            if same is None:
+                L.append(f"{names.get(m, m)}: no command trained it beside StatNN; no margin is read.  ")
+                continue
+            d = by[m]["tau"][0] - by["statnn"]["tau"][0]
+            L.append(f"{names.get(m, m)} − StatNN: {d:+.3f} τ ({len(by[m]['taus'])} seed(s), the same command; "
+                     f"target for GMN ≥ +0.08: {'met' if d >= 0.08 else 'not met'}).  ")
+        L += ["StatNN pools its statistics per (tensor role, depth bin); NFN does not apply.", ""]
+    ft = res.get("mixed_family_tau")
+    if ft:
+        counts = res.get("mixed_family_test_checkpoints", {})
+        fl = list(counts) or sorted({f for v in ft.values() for f in v})
+        L += ["### τ per family (the same best checkpoints, the test split cut by family)", "",
+              "| model | " + " | ".join(f"{f} ({counts.get(f, '?')} test checkpoints)" for f in fl) + " |",
+              "|---|" + "---|" * len(fl)]
+        for m, per in ft.items():
+            L.append(f"| {names.get(m, m)} | " + " | ".join(fmt(mean_std(per.get(f, []))) for f in fl) + " |")
+        L += ["", "The whole split's τ also ranks networks across families (a family's accuracies sit at their "
+              "own level), so it is not the mean of these.", ""]
+    pr = res.get("mixed_profile")
+    if pr:
+        L += ["### Where a training step's time goes", "",
+              f"`{pr.get('command', '')}`, load average {pr['load']:.1f} at the start, one thread. Tracing every one "
+              f"of the zoo's {pr['architectures']} architectures once (WeightSpace.of; cached per architecture for "
+              f"the rest of the process, every seed and model): {pr['trace_s']:.0f} s. Then the first "
+              f"{len(pr['batches'])} shuffled training batch(es) of 64 checkpoints: "
+              + "; ".join(f"{b['architectures']} architectures, {b['nodes']:,} nodes, {b['edges']:,} edges of width "
+                          f"{b['width']} ({100 * b['pad_fraction']:.0f}% of the edge feature slots padding)"
+                          for b in pr["batches"]) + ".", "",
+              f"Data path for those batches (every epoch: a mixed batch is rebuilt from the shards): stacking "
+              f"{pr['stack_s']:.2f} s, ws.graphs {pr['graphs_s']:.2f} s, to_data_list {pr['datalist_s']:.2f} s, "
+              f"collate {pr['collate_s']:.2f} s: {pr['data_networks_per_s']:.1f} networks/s.", "",
+              "| model | train networks/s (forward, backward, step) | eval networks/s |", "|---|---:|---:|"]
+        pnames = {**names, "gmn": "GMN, readout_norm='batch' (default layers)",
+                  "gmn_fast": "GMN, readout_norm='batch', fast=True (same parameters)",
+                  "ngt": "NGT, readout_norm='batch'"}
+        for r in pr["models"]:
+            L.append(f"| {pnames.get(r['model'], r['model'])} | {r['train_networks_per_s']:.2f} | "
+                     f"{r['eval_networks_per_s']:.2f} |")
+        L.append("")
+    return L
+
+
 def write_markdown(res: dict, path: Path) -> None:
     L = ["# Metanetworks: conversion, accuracy prediction, INR classification, throughput", "",
          f"On {res['machine']} ({res.get('threads', '?')} torch thread(s)), torch {res['torch']}, public nfn "
@@ -653,17 +824,8 @@ def write_markdown(res: dict, path: Path) -> None:
                          + (f"; − public NFN-HNP: {by[m] - by['nfn_public']:+.3f} (target ≥ 0)"
                             if "nfn_public" in by else "") + ".  ")
         L.append("")
-    if res.get("mixed"):
-        size = (f"{res['mixed_networks']} networks of {res['mixed_architectures']} architectures (with kwargs), "
-                if "mixed_networks" in res else "")
-        L += [f"## Mixed architectures ({res['mixed_zoo']}: {size}small CNNs, tiny ResNets, transformers; every "
-              "saved step, test split)", "", setting("mixed"), ""] + regression_table(res["mixed"], names, "mixed")
-        by = {r["model"]: r["tau"][0] for r in res["mixed"]}
-        if "statnn" in by:
-            L += [""] + [f"{names.get(m, m)} − StatNN: {by[m] - by['statnn']:+.3f} τ (target for GMN ≥ +0.08).  "
-                         for m in by if _graph_model(m)]
-            L.append("StatNN pools its statistics per (tensor role, depth bin), NFN does not apply.")
-        L.append("")
+    if res.get("mixed") or res.get("mixed_profile"):
+        L += mixed_section(res, names, setting, regression_table)
     if res.get("unseen"):
         n = res["unseen"][0]["test_checkpoints"]
         L += [f"## Unseen architectures ({res['unseen_zoo']}: digits CNNs of 16/24/32 channels and 3/4 "
@@ -742,6 +904,13 @@ def main(argv=None) -> int:
     ap.add_argument("--inr-zoo", default="digits_siren", choices=sorted(INR_ZOOS),
                     help="inr part: the INR zoo (recipe name; built under zoos/ when absent); with shapes_siren "
                          "give --name too (e.g. metanet_inr_shapes), so as not to mix its rows with digits ones")
+    ap.add_argument("--gmn-fast", action="store_true",
+                    help="GMN and its variants with fast=True (metanet.nn.GMN: the same function to float rounding, "
+                         "faster layers); default off")
+    ap.add_argument("--mixed-zoo", default=None, help="mixed part: this packed zoo instead of zoos/mixed")
+    ap.add_argument("--mixed-profile-batches", type=int, default=1,
+                    help="mixed part: profile the data path and every model's step on this many training batches "
+                         "first (0: skip)")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
@@ -762,8 +931,9 @@ def main(argv=None) -> int:
         write_markdown(res, ROOT / "benchmarks" / f"{name}.md")
         print(f"wrote benchmarks/{name}.md from benchmarks/results/{name}.json")
         return 0
-    global READOUT_NORM
+    global READOUT_NORM, GMN_FAST
     READOUT_NORM = None if args.readout_norm == "none" else args.readout_norm
+    GMN_FAST = args.gmn_fast
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (1 if args.quick else 8)
     parts = set(args.parts.split(","))
@@ -785,7 +955,9 @@ def main(argv=None) -> int:
               "machine_load": os.getloadavg()[0], "models": args.models if part != "throughput" else None,
               "readout_norm": READOUT_NORM if part != "throughput" else None}
         runs = res.setdefault("part_runs", {})
-        runs[part] = (runs.get(part, []) if part in ("accuracy", "inr", "unseen") and args.models else []) + [st]
+        if part == "mixed":
+            st["gmn_fast"] = GMN_FAST
+        runs[part] = (runs.get(part, []) if part in ("accuracy", "mixed", "inr", "unseen") and args.models else []) + [st]
 
     def save():   # after every part: a long run killed midway keeps what it measured
         res["seconds"] = time.perf_counter() - t0
@@ -809,18 +981,38 @@ def main(argv=None) -> int:
                       **({"models": models} if models else {}))
         save()
     if "mixed" in parts:
-        mixed = ensure_zoo("mixed", 60 if args.quick else 500, args.quick)
-        res["mixed_zoo"] = str(mixed.relative_to(ROOT))
+        mixed = Path(args.mixed_zoo).resolve() if args.mixed_zoo else ensure_zoo("mixed", 60 if args.quick else 500,
+                                                                                 args.quick)
+        res["mixed_zoo"] = str(mixed.relative_to(ROOT)) if mixed.is_relative_to(ROOT) else str(mixed)
         from zoo import Zoo
 
         mz = Zoo.open(mixed)
         res["mixed_networks"] = len({mz.record(i)["job"] for i in range(len(mz))})
         res["mixed_architectures"] = len({json.dumps([mz.record(i)["arch"], mz.record(i)["arch_kwargs"]], sort_keys=True)
                                           for i in range(len(mz))})
-        res["mixed"] = []
-        accuracy_part(mixed, seeds, epochs, args.max_train, res["mixed"],
-                      models=args.models.split(",") if args.models else ("statnn", "gmn", "ngt"), tag="mixed")
-        save()
+        nets = {}
+        for r in mz.records:
+            nets.setdefault(r["job"], _family(r))
+        res["mixed_families"] = {f: list(nets.values()).count(f) for f in sorted(set(nets.values()))}
+        if args.mixed_profile_batches:
+            res["mixed_profile"] = mixed_profile(mixed, args.mixed_profile_batches)
+            res["mixed_profile"]["command"] = res["command"]
+            save()
+        models = args.models.split(",") if args.models else list(MIXED_MODELS)
+        res["mixed"] = [r for r in res.get("mixed", []) if args.models and r["model"] not in models]
+        for model in models:   # saved after every seed: a run stopped midway keeps the seeds it finished
+            results = []
+            for seed in range(seeds):
+                results.append(_regress(mixed, model, seed, epochs, args.max_train, "mixed"))
+                r = results[-1]
+                print(f"mixed {model} seed {seed}: τ {r.test['tau']:.4f} R² {r.test['r2']:.4f} "
+                      f"(best epoch {r.best_epoch}, {r.seconds:.0f} s)", flush=True)
+                res["mixed"] = [x for x in res["mixed"] if x["model"] != model] + [_regression_row(model, results)]
+                counts, taus = mixed_families(mixed, model, seed)
+                per = res.setdefault("mixed_family_tau", {})
+                per[model] = {f: (per.get(model, {}).get(f, []) if seed else []) + [t] for f, t in taus.items()}
+                res["mixed_family_test_checkpoints"] = counts
+                save()
     if "unseen" in parts:
         cnn = cnn or ensure_zoo("digits_cnn", 100 if args.quick else 1000, args.quick)
         wide = ensure_zoo("digits_cnn_wide", 60 if args.quick else 300, args.quick)

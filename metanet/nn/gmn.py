@@ -193,7 +193,7 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
             pooled. Without it a plain GMN stays at chance on the digits-SIREN zoo.
         fast: the layers' faster computation of the same functions (:class:`GMNLayer`'s
             ``fast``: node terms of the first linear maps once per node; equal to float
-            rounding; aggr "mean" or "sum"); off by default. About 2x the training
+            rounding; aggr "mean" or "sum"); off by default. About 1.6x the training
             throughput on large graphs (benchmarks/metanet_mixed.md).
     """
 
