@@ -80,6 +80,7 @@ class Zoo(Dataset):
         self._idx = np.arange(len(records)) if indices is None else np.asarray(indices, dtype=np.int64)
         self._handles: "OrderedDict[str, Any]" = OrderedDict()
         self._indexes: dict[str, _ShardIndex] = {}
+        self._spaces: dict[str, tuple] = {}   # arch_key -> (weight space, its compact layout)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -115,6 +116,7 @@ class Zoo(Dataset):
         z = Zoo(self._source, self.info, self._records, indices)
         z._handles = self._handles  # share open shards between views
         z._indexes = self._indexes
+        z._spaces = self._spaces
         return z
 
     def __len__(self) -> int:
@@ -508,12 +510,26 @@ class Zoo(Dataset):
 
     def weight_space(self, i: int = 0):
         """The ``metanet.WeightSpace`` of checkpoint ``i``'s architecture (cached by
-        metanet per architecture)."""
+        metanet per architecture). This zoo and its views also hold each space they
+        returned, with its compact graph layout, by architecture: a zoo of many
+        architectures (a mixed batch converts each anew) would otherwise build the model
+        to look its space up, and the layout again, every time (metanet keeps only the most
+        recent layouts alive)."""
         from metanet import WeightSpace
 
         rec = self.record(i)
-        m = create(rec["arch"], **self._graph_kwargs(rec))
-        return WeightSpace.of(m, m.example_input())
+        kw = self._graph_kwargs(rec)
+        key = arch_key(rec["arch"], kw)
+        held = self._spaces.get(key)
+        if held is None:
+            m = create(rec["arch"], **kw)
+            ws = WeightSpace.of(m, m.example_input())
+            try:
+                lay = ws.layout("compact")
+            except Exception:   # not graphable here: the error comes back where a graph is asked for
+                lay = None
+            held = self._spaces[key] = (ws, lay)
+        return held[0]
 
     def graphs(self, indices: Iterable[int] | None = None, layout: str = "compact"):
         """Parameter graphs of checkpoints ``indices`` as one PyG Batch, built from
@@ -566,6 +582,7 @@ class Zoo(Dataset):
         state = dict(self.__dict__)
         state["_handles"] = OrderedDict()
         state["_indexes"] = {}
+        state["_spaces"] = {}
         return state
 
 
