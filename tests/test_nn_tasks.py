@@ -94,6 +94,17 @@ def test_train_and_predict_commands(cnn_zoo, tmp_path, capsys):
     torch.testing.assert_close(torch.tensor([r["prediction"] for r in lines]), expect)
 
 
+def test_train_commands_refuse_a_zoo_of_the_other_kind(cnn_zoo, inr_zoo, tmp_path, capsys):
+    """An INR zoo given to `train accuracy` (or a classifier zoo to `train inr`), or a folder
+    that is no zoo: one line naming the problem and the right command, exit code 2."""
+    for kind, zoo, says in (("accuracy", inr_zoo, "metanet train inr"), ("inr", cnn_zoo, "metanet train accuracy"),
+                            ("accuracy", tmp_path, "not a zoo folder")):
+        assert main(["train", kind, "--zoo", str(zoo), "--out", str(tmp_path / kind), "--epochs", "1",
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+
+
 def test_predict_command_on_one_checkpoint_file(cnn_zoo, tmp_path, capsys):
     """`metanet predict --checkpoint FILE --arch NAME` gives the prediction the zoo path
     gives for the same checkpoint, from safetensors, a plain .pt and a wrapped .pt."""

@@ -43,6 +43,12 @@ def test_build_info_verify_via_cli(tmp_path, capsys):
 def test_cli_errors_exit_1_with_a_message(tmp_path, capsys):
     assert main(["build", "--recipe", "nope", "--n", "1", "--out", str(tmp_path / "a"), "--quiet"]) == 1
     assert "unknown recipe 'nope'" in capsys.readouterr().err
+    for extra, says in ((["--n", "0"], "at least 1"), (["--n", "1", "--options", "{bad"], "is not JSON"),
+                        (["--n", "1", "--options", "[1]"], "must be a JSON object"),
+                        (["--n", "1", "--epochs", "a,b"], "comma-separated integers")):
+        assert main(["build", "--recipe", "digits_cnn", "--out", str(tmp_path / "c"), "--quiet"] + extra) == 1
+        assert says in capsys.readouterr().err, extra
+        assert not (tmp_path / "c").exists()   # refused before anything is written
     assert main(["info", str(tmp_path)]) == 1
     assert "zoo.json: missing" in capsys.readouterr().err
     assert main(["verify", str(tmp_path), "--quiet"]) == 1

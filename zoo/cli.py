@@ -63,10 +63,23 @@ def _cmd_build(args) -> int:
     from .build import build, make_executor
     from .recipes import get_recipe
 
-    options = dict(json.loads(args.options)) if args.options else {}
+    if args.n < 1:
+        raise ValueError(f"--n {args.n}: the number of networks must be at least 1")
+    options = {}
+    if args.options:
+        try:
+            options = json.loads(args.options)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--options {args.options!r} is not JSON ({e}); "
+                             f"write e.g. --options '{{\"views\": 1}}'") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"--options must be a JSON object such as '{{\"views\": 1}}', got {args.options!r}")
     options.update(dict(args.option or []))
     if args.epochs:
-        options["steps"] = [int(s) for s in args.epochs.split(",") if s.strip()]
+        try:
+            options["steps"] = [int(s) for s in args.epochs.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--epochs {args.epochs!r}: expected comma-separated integers, e.g. 0,1,5,10") from None
     if args.data_root:
         options["data_root"] = args.data_root
     get_recipe(args.recipe)  # unknown names fail before anything is written

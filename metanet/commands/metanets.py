@@ -47,6 +47,20 @@ def _report(result) -> int:
     return 0
 
 
+def _checked(kind: str, fn, hint: str) -> int:
+    """Run a training command; a zoo that cannot serve it is one line and exit code 2."""
+    import sys
+
+    from zoo.store import ZooError
+
+    try:
+        return fn()
+    except ZooError as err:
+        more = f"\n  {hint}" if "missing in record" in str(err) else ""
+        print(f"metanet train {kind}: error: {err}{more}", file=sys.stderr)
+        return 2
+
+
 def register_train(kinds) -> None:
     from tasks.classify_inr import INRConfig
     from tasks.predict_accuracy import AccuracyConfig
@@ -59,7 +73,9 @@ def register_train(kinds) -> None:
     def run_accuracy(args) -> int:
         from tasks.predict_accuracy import run
 
-        return _report(run(_config(AccuracyConfig, args, target=args.target)))
+        return _checked("accuracy", lambda: _report(run(_config(AccuracyConfig, args, target=args.target))),
+                        hint=f"`metanet train accuracy` reads the field --target ({args.target!r}) of every "
+                             f"record; an INR zoo's records hold labels instead: `metanet train inr`")
 
     p.set_defaults(func=run_accuracy)
 
@@ -71,7 +87,9 @@ def register_train(kinds) -> None:
     def run_inr(args) -> int:
         from tasks.classify_inr import run
 
-        return _report(run(_config(INRConfig, args, num_classes=args.num_classes)))
+        return _checked("inr", lambda: _report(run(_config(INRConfig, args, num_classes=args.num_classes))),
+                        hint="`metanet train inr` reads the field 'label' of every record (an INR zoo); "
+                             "to predict a metric of classifiers: `metanet train accuracy`")
 
     q.set_defaults(func=run_inr)
 
