@@ -657,6 +657,12 @@ def _verdict(results: dict) -> list[str]:
                     larger.append(f"{va:.4f} against {vn:.4f} at {float(f):.0%} (seeds {common})")
         if larger:
             text += f" With more data {best_a} scores " + ", ".join(larger) + " (no augmentation second)."
+        full_fit = r.get("fit_by_fraction", {}).get("1.0", {}).get("none", {})
+        if full_fit:
+            who = r.get("seeds_by_fraction", {}).get("1.0", {}).get("none", [])
+            tests = [v for sd, v in zip(who, sc["1.0"]["none"]) if str(sd) in full_fit]
+            text += (f" No augmentation at 100%: training networks {m(full_fit.values()):.4f} / test "
+                     f"{m(tests):.4f} ({len(tests)} runs).")
         fits = r.get("fit_by_fraction", {}).get("0.1", {})
         pairs = []
         for a, by_seed in fits.items():
