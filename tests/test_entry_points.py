@@ -500,6 +500,17 @@ def test_help_is_for_users(capsys):
     assert "metanetwork" not in description   # nothing that does not exist yet
 
 
+@pytest.mark.parametrize("bad, says", [(["--steps", "0"], "steps must be at least 1"),
+                                       (["--meta-batch", "0"], "meta_batch must be at least 1")])
+def test_train_ghn_refuses_bad_settings_with_a_line(tmp_path, capsys, bad, says):
+    from metanet.cli import main
+
+    assert main(["train", "ghn", "--out", str(tmp_path / "g"), "--quiet"] + bad) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "g").exists()   # nothing written
+
+
 def test_pyproject_packages_exist_and_license_is_spdx():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "MIT"

@@ -83,13 +83,13 @@ def run_train(args) -> int:
         ghn = dict(max_width=args.max_width, rank=args.rank)
     else:
         ghn = dict(block=args.block)
-    cfg = PredictInitConfig(
-        dataset=args.dataset, data_root=args.data_root, out=args.out, steps=args.steps, meta_batch=args.meta_batch,
-        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, n_archs=args.n_archs, val_archs=args.val_archs,
-        eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
-        resume=not args.no_resume, progress=not args.quiet,
-        ghn=dict(gnn=args.gnn, decoder=args.decoder, hid=args.hid, layers=args.layers, **ghn))
-    try:
+    try:   # the config checks its values (steps, meta-batch, ... at least 1): an error line, not a traceback
+        cfg = PredictInitConfig(
+            dataset=args.dataset, data_root=args.data_root, out=args.out, steps=args.steps,
+            meta_batch=args.meta_batch, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+            n_archs=args.n_archs, val_archs=args.val_archs, eval_every=args.eval_every,
+            ckpt_every=args.ckpt_every, seed=args.seed, resume=not args.no_resume, progress=not args.quiet,
+            ghn=dict(gnn=args.gnn, decoder=args.decoder, hid=args.hid, layers=args.layers, **ghn))
         res = run(cfg)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
