@@ -150,6 +150,73 @@ def test_prelu_rrelu_and_shrinks_keep_the_symmetries_they_have(make, scaling, si
     ws.verify(model, (x,), n=5)   # every sampled permutation / scaling / sign flip, numerically
 
 
+class _Bag(nn.Module):
+    """A bag of embeddings (sum, mean or max), then an odd or positively homogeneous MLP."""
+
+    def __init__(self, mode, act):
+        super().__init__()
+        self.bag, self.act = nn.EmbeddingBag(10, 6, mode=mode), act
+        self.a, self.o = nn.Linear(6, 5), nn.Linear(5, 2)
+
+    def forward(self, t):
+        return self.o(self.act(self.a(self.bag(t))))
+
+
+class _Bilinear(nn.Module):
+    def __init__(self, same):
+        super().__init__()
+        self.same = same
+        self.a, self.c = nn.Linear(4, 6), None if same else nn.Linear(3, 7)
+        self.b, self.o = nn.Bilinear(6, 6 if same else 7, 5), nn.Linear(5, 2)
+
+    def forward(self, x, y):
+        h = torch.tanh(self.a(x))
+        return self.o(torch.tanh(self.b(h, h if self.same else torch.tanh(self.c(y)))))
+
+
+class _Shuffle(nn.Module):
+    """ShuffleNet's unit: grouped 1x1 conv, channel shuffle, grouped 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre, self.a = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1, groups=2)
+        self.shuffle, self.b, self.o = nn.ChannelShuffle(2), nn.Conv2d(8, 8, 1, groups=2), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.o(torch.relu(self.b(self.shuffle(torch.relu(self.a(torch.relu(self.pre(x))))))))
+
+
+@pytest.mark.parametrize("make, inputs, groups", [
+    # sum and mean are linear in the table: its columns scale and flip with the next layer's inputs
+    (lambda: _Bag("sum", torch.tanh), lambda: (torch.randint(0, 10, (3, 4)),), [(5, False, True), (6, True, True)]),
+    (lambda: _Bag("mean", torch.relu), lambda: (torch.randint(0, 10, (3, 4)),), [(5, True, False), (6, True, True)]),
+    # the max over a bag commutes with positive factors only
+    (lambda: _Bag("max", torch.tanh), lambda: (torch.randint(0, 10, (3, 4)),), [(5, False, True), (6, True, False)]),
+    # a bilinear map's weight is one edge per (output, first input) pair: its second input's
+    # neurons are fixed, its first input's and its outputs keep their groups ...
+    (lambda: _Bilinear(False), lambda: (torch.randn(3, 4), torch.randn(3, 3)), [(5, False, True), (6, False, True)]),
+    # ... its output neurons always do; one tensor fed to both inputs cannot be one edge per weight
+    (lambda: _Bilinear(True), lambda: (torch.randn(3, 4), torch.randn(3, 3)), [(5, False, True)]),
+    (_Shuffle, lambda: (torch.randn(2, 3, 5, 5),), None),
+])
+def test_embedding_bags_bilinear_maps_and_channel_shuffles(make, inputs, groups):
+    torch.manual_seed(0)
+    model, x = make().eval(), inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedOpWarning)   # each op has its rule
+        ws = WeightSpace.of(model, x, cache=False)
+    got = sorted((g.size, g.scaling, g.sign) for g in ws.groups)
+    if groups is not None:
+        assert got == sorted(groups)
+    else:
+        assert ws.groups
+    ws.verify(model, x, n=5)
+    sd = model.state_dict()
+    for layout in ("compact", "param"):   # the parameter graph still inverts bit for bit
+        back = ws.state_dict(ws.graph(sd, layout=layout))
+        assert all(torch.equal(back[k], sd[k]) for k in ws.weights)
+
+
 def _edge_table(g, relabel=None):
     ei = g.edge_index if relabel is None else relabel[g.edge_index]
     n = int(g.num_nodes)

@@ -165,3 +165,45 @@ def embedding(P, n):
     return list(P.t(ids)) + [W[1]]
 
 
+@rule(("embedding_bag", "_embedding_bag", "_embedding_bag_forward_only"), symmetry="custom")
+def embedding_bag(P, n):
+    """Bags of rows summed, averaged or max-pooled column by column: rows (the vocabulary)
+    fixed, columns the features. Sum and mean are linear in the table (scalings and sign
+    flips pass with its columns); max (mode 2) is positively homogeneous only."""
+    w = n.args[0]
+    W = P.t(w)
+    P.V.fix(W[0])
+    P.extra_neuron.append(W[0])
+    P.role(w, 0, "in")
+    P.role(w, 1, "out")
+    if not isinstance(w, Param):
+        P.forbid(W, f"{n.where()} with a computed table")
+    if int(P.arg(n, 4, "mode", 0)) == 2:
+        P.forbid([W[1]], f"{n.where()} (max over a bag)", scale=False)
+    shapes = n.shape if isinstance(n.shape, list) else [n.shape]
+    out = P.fresh(shapes[0][:-1]) + [W[1]]
+    return [out] + [P.fresh_like(s) for s in shapes[1:]] if isinstance(n.shape, list) else out
+
+
+@rule("bilinear", symmetry="custom")
+def bilinear(P, n):
+    """y_k = x1ᵀ W_k x2 + b_k: x1's features are W's axis 1, x2's its axis 2 (scaled and
+    sign-flipped like inputs: the map is linear in each), y's features W's axis 0 and b."""
+    x1, x2, w = n.args[0], n.args[1], n.args[2]
+    b = P.arg(n, 3, "bias")
+    X1, X2, W = P.t(x1), P.t(x2), P.t(w)
+    P.V.unify(X1[-1], W[1])
+    P.V.unify(X2[-1], W[2])
+    for a, c in zip(X1[:-1], X2[:-1]):
+        P.V.unify(a, c)
+    if b is not None:
+        P.V.unify(P.t(b)[0], W[0])
+        P.role(b, 0, "out")
+    P.role(w, 0, "out")
+    P.role(w, 1, "in")
+    P.role(w, 2, "in")
+    P.forbid(X1[:-1], f"{n.where()} (batch axes)")
+    if not isinstance(w, Param):
+        P.forbid(W, f"{n.where()} with a computed weight")
+    return list(X1[:-1]) + [W[0]]
+

@@ -139,3 +139,15 @@ def pixel_unshuffle(P, n):
     for s in X[-2:]:
         P.V.fix(s)
     return list(X[:-3]) + [out] + P.fresh(n.shape[-2:])
+
+
+@rule(("channel_shuffle", "native_channel_shuffle"), symmetry="linear")
+def channel_shuffle(P, n):
+    """(N, C, ...) with C = (g, C/g) -> channels (C/g, g): the two factors swap places."""
+    x, g = n.args[0], int(P.arg(n, 1, "groups"))
+    X, sx = P.t(x), P.shape(x)
+    a, b = P.V.atom(g, neuron=True), P.V.atom(sx[1] // g, neuron=True)
+    P.V.unify(X[1], P.prod(a, b))
+    out = P.prod(b, a)
+    return [X[0], out] + list(X[2:])
+
