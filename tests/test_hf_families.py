@@ -23,6 +23,9 @@ CASES = {
     "swin": lambda: (T.SwinForImageClassification(T.SwinConfig(
         image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4,
         num_labels=3)), (IMG,), 10),
+    # ALiBi attention: scores = baddbmm(position bias, q, k); one slope per head, so heads stay put
+    "bloom": lambda: (T.BloomForCausalLM(T.BloomConfig(vocab_size=32, hidden_size=16, n_layer=2, n_head=4)),
+                      (IDS,), 5),
     "resnet": lambda: (T.ResNetForImageClassification(T.ResNetConfig(
         num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)), (IMG,), 6),
 }

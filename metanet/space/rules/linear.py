@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from ...trace.graph import Param
-from .registry import rule
+from .registry import StructArg, rule
 
 
 @rule(("linear", "_linear"), symmetry="custom")
@@ -75,6 +75,17 @@ def addmm(P, n):
             P.V.unify(B[-k], res[-k])
             P.role(bias, len(sb) - k, "out")
     return res
+
+
+@rule("baddbmm", symmetry="custom")
+def baddbmm(P, n):
+    """beta * input + alpha * (batch1 @ batch2): the product as in bmm, the added tensor
+    broadcast against it (ALiBi's position bias, for one). Permutations pass; the added
+    tensor is not rescaled with the product, so scalings and sign flips stop."""
+    res = _mm(P, n, n.args[1], n.args[2])
+    out = P.broadcast([n.args[0], StructArg(res, n.shape)], n.shape)
+    P.forbid(out, f"{n.where()} adds a tensor to a product")
+    return out
 
 
 @rule("einsum")
