@@ -428,6 +428,28 @@ def test_zoo_index_out_of_range_says_index_and_size(small_zoo):
     assert z.graphs([0, -1]).num_graphs == 2
 
 
+def test_zoo_split_takes_one_fraction_per_part(small_zoo):
+    with pytest.raises(TypeError, match=r"a sequence of fractions, one per part .* got the number 0\.5"):
+        small_zoo.split(0.5)
+    with pytest.raises(ValueError, match="one non-negative fraction per part"):
+        small_zoo.split([0.5, -0.1])
+    assert sum(len(p) for p in small_zoo.split([0.5, 0.5])) == len(small_zoo)
+
+
+def test_wrong_example_inputs_are_one_trace_error_without_a_logged_traceback(caplog):
+    """torch.export logs the failing op's traceback (at ERROR, to stderr outside pytest)
+    before it raises; the TraceError says it in one line, so that log is held back."""
+    import logging
+
+    from metanet import TraceError
+
+    m = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(TraceError, match="could not trace Sequential: RuntimeError: a and b must have same"):
+            WeightSpace.of(m, (torch.randn(2, 3),), cache=False)
+    assert not [r for r in caplog.records if r.name.startswith("torch._subclasses")]
+
+
 def test_zoo_where_that_matches_nothing_says_what_is_there(small_zoo):
     z = small_zoo
     with pytest.raises(ValueError, match=r"where\(step=7\) matches none of the 3 checkpoints of this view; "

@@ -287,9 +287,12 @@ class Zoo(Dataset):
         checkpoints of one network land in the same part; for INR zoos ``by="image"``
         keeps all views of an image together).  Fractions are normalized if they sum to
         more than 1; the last part takes the rounding remainder."""
+        if isinstance(fractions, (int, float)):
+            raise TypeError(f"split() takes a sequence of fractions, one per part (e.g. [0.7, 0.15, 0.15]), "
+                            f"got the number {fractions!r}")
         fractions = [float(f) for f in fractions]
         if not fractions or any(f < 0 for f in fractions):
-            raise ValueError(f"bad split fractions {fractions}")
+            raise ValueError(f"bad split fractions {fractions}: give one non-negative fraction per part")
         total = sum(fractions)
         if total > 1 + 1e-9:
             fractions = [f / total for f in fractions]

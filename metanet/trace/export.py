@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import inspect
+import logging
 import operator
 import warnings
 from collections.abc import Mapping
@@ -130,10 +132,24 @@ def _module_of(node: torch.fx.Node) -> tuple[str, str]:
     return path, typ
 
 
+@contextlib.contextmanager
+def _quiet_fake_tensor_log():
+    """torch.export logs a full traceback when an op fails on fake tensors (a shape
+    mismatch from wrong example inputs), then raises; the TraceError below reports that
+    error in one line, with what to try, so the log is held back while tracing."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _export(model: nn.Module, args: tuple, kwargs: dict, strict: bool):
     wrapper = _FlatOutputs(model)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_fake_tensor_log():
             # fused RNNs re-assign their flat weight list while traced: harmless here
             warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
             return torch.export.export(wrapper, args, kwargs, strict=strict)
