@@ -65,9 +65,12 @@ TEST_SEED0 = 2_000_000
 # --screen: one design change against the default, at equal steps (GHN options)
 # (the session-5 defaults are the third row: 5x5 block, op features, filter norm, fan-in biases)
 _OLD_DEFAULTS = {"kernel": 3, "op_features": False, "weight_norm": "tensor", "bias_scale": "unit"}
-SCREEN = {"previous default (3x3 block)": _OLD_DEFAULTS,
-          "5x5 block": dict(_OLD_DEFAULTS, kernel=5),
-          "5x5 block + op features + filter norm + fan-in biases (default)": {}}
+# session 6: the identity prior for conv/linear weights (GHN option ``identity``, default 0.8
+# since this screen) against the session-5 default (identity 0); session 5's screen (old
+# defaults, 5x5 block, session-5 defaults) is in git history
+SCREEN = {"session-5 default (no identity prior)": {"identity": 0.0},
+          "identity 0.5": {"identity": 0.5},
+          "identity 0.8 (default since session 6)": {"identity": 0.8}}
 
 
 def log(*a):

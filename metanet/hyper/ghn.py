@@ -27,6 +27,8 @@ bias           other 1-D tensors (norm shifts, ...)             ``tanh(raw)``
 plain          other ≥2-D tensors (positional tables, ...)      ``g * sqrt(2 / fan_in) * raw / rms(raw)``
 =============  ==============================================  ======================
 
+With ``identity`` a conv/linear weight mixes in the identity map (see the argument).
+
 With ``weight_norm="filter"`` a fan_in weight's ``raw`` is first centred over each output
 unit's fan-in and ``rms`` is taken per unit (weight standardisation).
 
@@ -73,6 +75,17 @@ def _fan_in_dims(shape: torch.Size, fan_in: int) -> tuple[int, ...] | None:
     if len(shape) == 3 and shape[1] == fan_in:
         return (1,)
     return None
+
+
+def _add_identity(w: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``w [G, out, in, *kernel] + coef[g] * I`` where ``I`` is 1 at ``[i, i, centre]`` for
+    ``i < min(out, in)`` (the weight of a layer that passes its first channels through
+    unchanged); only the diagonal is touched, no ``I`` of ``w``'s size is built."""
+    g, n = w.shape[0], min(w.shape[1], w.shape[2])
+    i = torch.arange(n, device=w.device).repeat(g)
+    t = torch.arange(g, device=w.device).repeat_interleave(n)
+    idx = (t, i, i, *[torch.full_like(i, k // 2) for k in w.shape[3:]])
+    return w.index_put(idx, coef.reshape(g).repeat_interleave(n).to(w.dtype), accumulate=True)
 
 
 class Prediction(dict):
@@ -135,13 +148,26 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             pass on a growing input-independent offset. Known cost: at gain 1 a
             centred filter does not see its input's mean, so after a ReLU a layer keeps
             about sqrt(1 - 1/pi) = 0.83 of the signal's std; the learned gain makes it up.
+        identity: with ``c0 > 0``, a predicted conv or linear weight (not the classifier)
+            is ``g * (c * sqrt(2) * I + sqrt(1 - c^2) * W)``, where ``I`` passes channel
+            ``i`` to channel ``i`` through the kernel's centre (``i < min(out, in)``), ``W``
+            the normalised decoder output above, and ``c = sigmoid(.)`` is predicted per
+            tensor, starting at ``c0``. A unit that reads its own channel keeps He
+            initialisation's output variance for every ``c``. Without it a plain network
+            (no residual connections) must get a coherent transform at every layer from
+            the decoder before any signal reaches the classifier; with it the first
+            layers' features pass through the rest, as they do along a ResNet's
+            shortcuts. 0 (off) is the behaviour before session 6; default 0.8 (screen at
+            500 meta-steps, digits: predicted / trained 0.262 -> 0.374, plain cnn family
+            0.144 -> 0.275; benchmarks/hyper.md).
     """
 
     def __init__(self, hid: int = 64, gnn: str = "transformer", layers: int = 3, heads: int = 4,
                  max_virtual: int = 5, max_dist: int = 8, decoder: str = "tiled", block: int = 32,
                  kernel: int = 5, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
                  residual: bool = False, positions: bool = True, learn_gain: bool = True,
-                 op_features: bool = True, bias_scale: str = "fan_in", weight_norm: str = "filter"):
+                 op_features: bool = True, bias_scale: str = "fan_in", weight_norm: str = "filter",
+                 identity: float = 0.8):
         super().__init__()
         if gnn not in ("gated", "transformer"):
             raise ValueError(f"gnn must be 'gated' (GHN-2) or 'transformer' (GHN-3), got {gnn!r}")
@@ -152,6 +178,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                            max_width=max_width, rank=rank, classifier_rows=classifier_rows,
                            residual=residual, positions=positions, learn_gain=learn_gain,
                            op_features=op_features, bias_scale=bias_scale, weight_norm=weight_norm)
+        if not 0 <= identity < 1:
+            raise ValueError(f"identity is the initial weight of the identity in a predicted conv/linear "
+                             f"weight, in [0, 1) (0: off), got {identity!r}")
+        self.config["identity"] = float(identity)
         if bias_scale not in ("unit", "fan_in"):
             raise ValueError(f"bias_scale must be 'unit' (tanh(raw)) or 'fan_in' (tanh(raw) / "
                              f"sqrt(fan_in of the op's weight)), got {bias_scale!r}")
@@ -189,10 +219,22 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                 classifier=LowRankDecoder(hid, max_width, rank, 1, max_out=classifier_rows,
                                           tile_rows=True),
                 vector=VectorHead(hid, max_width, tile=False)))
+        self.identity = None
+        if identity:
+            self.identity = nn.Linear(hid, 1)
+            nn.init.zeros_(self.identity.weight)
+            nn.init.constant_(self.identity.bias, math.log(identity / (1 - identity)))
         self.alpha = nn.Parameter(torch.zeros(len(_TRANSFORMS))) if residual else None
         # how many nodes of each op kind meta-training has seen: kinds never seen are
         # not predicted by a trained GHN (an untrained one predicts every kind)
         self.register_buffer("kinds_seen", torch.zeros(len(KINDS)))
+
+    @classmethod
+    def _from_pretrained(cls, **kwargs):
+        # a checkpoint saved before the identity option existed has no "identity" in its
+        # config and was trained without it: it loads without it, whatever the default
+        kwargs.setdefault("identity", 0.0)
+        return super()._from_pretrained(**kwargs)
 
     # -- graph -> node embeddings ----------------------------------------------------------------
     def embed(self, g: HyperGraph) -> torch.Tensor:
@@ -252,7 +294,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             slots = torch.tensor([min(t.slot, _MAX_SLOT - 1) for t in specs], device=dev)
             e = h[nodes] + self.slot_embed(slots)
             raw = self.decoders[head](e, shape)
-            vals = self._transform(raw, transform, fan_in, model, specs, e)
+            ident = (self.identity is not None and head == "weight" and transform == "fan_in"
+                     and not self.residual and g.node_kinds[specs[0].node] in ("conv", "linear"))
+            vals = self._transform(raw, transform, fan_in, model, specs, e, identity=ident)
             for t, v in zip(specs, vals.unbind(0)):
                 out[t.name] = v
         # keep the model's order
@@ -261,7 +305,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         return Prediction(out, unpredicted)
 
     def _transform(self, raw: torch.Tensor, transform: str, fan_in: int, model: nn.Module,
-                   specs: list, e: torch.Tensor) -> torch.Tensor:
+                   specs: list, e: torch.Tensor, identity: bool = False) -> torch.Tensor:
         if self.residual:
             base = torch.stack([model.get_parameter(t.name).detach().to(raw) for t in specs])
             kind = "bias" if transform == "op_bias" else transform
@@ -277,10 +321,15 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                     dims = unit
             rms = raw.pow(2).mean(dims, keepdim=True).add(1e-8).sqrt()
             scale = math.sqrt(2.0 / max(fan_in, 1))
+            w = raw / rms * scale
+            if identity:
+                # c * sqrt(2) * Dirac + sqrt(1 - c^2) * He-scale weights: a unit that reads
+                # its own channel keeps He initialisation's output variance for every c
+                c = torch.sigmoid(self.identity(e)).view(-1, *([1] * (raw.dim() - 1)))
+                w = _add_identity((1 - c * c).sqrt() * w, c * math.sqrt(2.0))
             if self.gain is None:
-                return raw / rms * scale
-            gain = self.gain(e).exp().view(-1, *([1] * (raw.dim() - 1)))
-            return raw / rms * (gain * scale)
+                return w
+            return w * self.gain(e).exp().view(-1, *([1] * (raw.dim() - 1)))
         if transform == "norm_scale":
             return 2 * torch.sigmoid(raw)
         if transform == "op_bias" and self.config["bias_scale"] == "fan_in":
