@@ -673,6 +673,9 @@ def _verdict(results: dict) -> list[str]:
         if pairs:
             text += (" Fit on the training networks / test at 10%, every configuration of the main table that "
                      "recorded it (runs): " + ", ".join(pairs) + ".")
+        note = results.get("notes", {}).get(base)
+        if note:   # a reading of these runs, written by hand with them (JSON "notes", by results key)
+            text += f"\n  What the measurements say: {note}"
         lines += [text, ""]
     return lines
 
@@ -819,7 +822,8 @@ def write_report(results: dict) -> None:
                         + (" and reads canonical forms under sign flips" if "sign_flip" in blind else "")
                         + f", so the {' and '.join(blind)} rows would repeat no augmentation's up to float rounding.")
     if todo:
-        lines += ["## Not yet measured", ""] + todo + [""]
+        lines += ["## Not yet measured", "", "(The GMN sections without readout norm; the readout-norm sections "
+                  "measured only the cells they list, as their task asked.)", ""] + todo + [""]
     (HERE / "augment.md").write_text("\n".join(lines))
 
 

@@ -130,3 +130,8 @@ def test_gmn_options_keep_their_own_table_checks_and_verdict(bench):
     bench.record(rn, 1.0, "none", 0, 0.6, 0.7)
     assert "No augmentation at 100%: training networks 0.7000 / test 0.6000 (1 runs)" in "\n".join(
         bench._verdict({"gmn_inr[readout_norm=batch]": rn}))
+    # a hand-written reading of a table's runs, kept in the JSON by results key, follows that verdict only
+    text = "\n".join(bench._verdict({"gmn_inr": plain, "gmn_inr[readout_norm=batch]": rn,
+                                     "notes": {"gmn_inr[readout_norm=batch]": "memorises"}}))
+    assert text.count("What the measurements say: memorises") == 1
+    assert text.index("What the measurements say") > text.index("GMN (readout_norm='batch')")
