@@ -650,7 +650,7 @@ def targets_section(res: dict) -> list[str]:
         size = f", {src['mixed_networks']} networks" if "mixed_networks" in src else ""
         rows.append(f"| mixed ({src.get('mixed_zoo')}{size}): GMN ≥ StatNN + 0.08 τ | {names.get(m, m)} τ "
                     f"{fmt(mixed[m]['tau'])} ({len(mixed[m]['taus'])} seed(s)): {d:+.3f} over StatNN "
-                    f"({fmt(mixed['statnn']['tau'])}) | {cmd(same[1])} | {'met' if d >= 0.08 else 'not met'} |")
+                    f"({fmt(mixed['statnn']['tau'])}, {len(mixed['statnn']['taus'])} seed(s)) | {cmd(same[1])} | {'met' if d >= 0.08 else 'not met'} |")
     T += rows or [f"| mixed: GMN ≥ StatNN + 0.08 τ | no GMN and StatNN rows of one command in "
                   f"results/{'metanet_mixed' if src is mixed_res else 'metanet'}.json yet (see metanet_mixed.md) "
                   f"| | not measured |"]
