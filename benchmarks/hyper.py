@@ -63,8 +63,6 @@ GHN_KW = dict(gnn="transformer", hid=64, layers=2)
 DECODERS = {"tiled": dict(decoder="tiled", block=32), "lowrank": dict(decoder="lowrank", max_width=64, rank=16)}
 TEST_SEED0 = 2_000_000
 # --screen: one design change against the default, at equal steps (GHN options)
-# (the session-5 defaults are the third row: 5x5 block, op features, filter norm, fan-in biases)
-_OLD_DEFAULTS = {"kernel": 3, "op_features": False, "weight_norm": "tensor", "bias_scale": "unit"}
 # session 6: the identity prior for conv/linear weights (GHN option ``identity``, default 0.8
 # since this screen) against the session-5 default (identity 0); session 5's screen (old
 # defaults, 5x5 block, session-5 defaults) is in git history
