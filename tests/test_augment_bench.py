@@ -1,20 +1,15 @@
 """benchmarks/augment.py's bookkeeping: cells keep one score per seed (and the fit on the
 training networks), and the verdict counts only configurations run on every seed and
 checks the best one on fresh seeds when such a run exists."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("augment_bench", ROOT / "benchmarks" / "augment.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("augment")
 
 
 SETTINGS = dict(zoo="zoos/x", where={}, target="label", gmn={}, networks=10, train=7, test=3, epochs=2, steps=4,

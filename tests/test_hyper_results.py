@@ -1,17 +1,15 @@
 """benchmarks/hyper.py stores its results compactly: rounded floats, per-architecture
 facts once, and a page rewritten from the stored JSON reads as before."""
-import importlib.util
 import json
 from pathlib import Path
+
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("hyper_bench", ROOT / "benchmarks" / "hyper.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("hyper")
 
 
 def test_compact_rounds_and_stores_architectures_once(tmp_path):

@@ -27,6 +27,20 @@ def _digits_cnn(seed=0):
     return small_cnn(channels=6, padding=1, input_size=8).eval(), (torch.randn(2, 1, 8, 8),)
 
 
+def _editing_metanetwork():
+    """A digits CNN, its weight space and a metanetwork whose edge head edits it (random
+    weights instead of the identity start's zeros)."""
+    from tasks.meta_prune import MetaPruner
+
+    model, inputs = _digits_cnn()
+    ws = WeightSpace.of(model, inputs)
+    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2).start_at_identity()
+    with torch.no_grad():
+        for p in meta.gmn.edge_head.parameters():
+            p.normal_(0, 0.3)
+    return model, inputs, ws, meta
+
+
 def _stacked(model, grad_names=()):
     return {k: v.unsqueeze(0).clone().requires_grad_(k in grad_names) for k, v in model.state_dict().items()}
 
@@ -84,14 +98,9 @@ def test_global_max_mask_removes_the_lowest_relative_norms_over_all_groups():
 
 
 def test_metanetwork_applied_twice_is_two_passes_and_equivariant():
-    from tasks.meta_prune import MetaPruner, edit
+    from tasks.meta_prune import edit
 
-    model, inputs = _digits_cnn()
-    ws = WeightSpace.of(model, inputs)
-    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2).start_at_identity()
-    with torch.no_grad():
-        for p in meta.gmn.edge_head.parameters():
-            p.normal_(0, 0.3)
+    model, inputs, ws, meta = _editing_metanetwork()
     once, twice = edit(meta, model), edit(meta, model, times=2)
     again = edit(meta, once)
     for k in model.state_dict():
@@ -146,14 +155,9 @@ def test_fine_tune_first_and_validation_choice_change_meta_only():
 
 
 def test_edit_strength_interpolates_and_stays_equivariant():
-    from tasks.meta_prune import MetaPruner, edit, with_strength
+    from tasks.meta_prune import edit, with_strength
 
-    model, inputs = _digits_cnn()
-    ws = WeightSpace.of(model, inputs)
-    meta = MetaPruner(ws, int(ws.layout("compact").width), hidden=8, layers=2).start_at_identity()
-    with torch.no_grad():
-        for p in meta.gmn.edge_head.parameters():
-            p.normal_(0, 0.3)
+    model, inputs, ws, meta = _editing_metanetwork()
     edited = edit(meta, model)
     old, new = model.state_dict(), edited.state_dict()
     zero, one = with_strength(model, edited, 0.0).state_dict(), with_strength(model, edited, 1.0).state_dict()

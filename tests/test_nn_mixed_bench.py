@@ -1,21 +1,14 @@
 """benchmarks/metanetworks.py's mixed-architecture section: margins against StatNN read only
 between rows of one command, a row per family, the profile table, the fast layers named."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("metanetworks_bench_mixed", ROOT / "benchmarks" / "metanetworks.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["metanetworks_bench_mixed"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("metanetworks")
 
 
 def _row(model, tau, seeds=3):

@@ -1,22 +1,15 @@
 """benchmarks/metanetworks.py's bookkeeping: which command measured each row, margins read
 only between rows of one command, the targets table, the INR zoo's build line."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("metanetworks_bench", ROOT / "benchmarks" / "metanetworks.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["metanetworks_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("metanetworks")
 
 
 def _row(model, tau):
