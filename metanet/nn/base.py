@@ -1,6 +1,8 @@
 """What GMN and NGT share: an encoder, a stack of (x, edge_attr) layers, and the heads."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
@@ -36,6 +38,16 @@ def readout_norm_layer(kind: str | None, width: int) -> nn.Module:
     if kind not in READOUT_NORMS:
         raise ValueError(f"readout_norm must be one of {READOUT_NORMS}, got {kind!r}")
     return ReadoutNorm(width) if kind == "batch" else nn.Identity()
+
+
+def check_sizes(owner: str, minimum: int = 1, **sizes) -> None:
+    """Refuse sizes that are not integers of at least ``minimum``, naming the argument
+    (a negative width otherwise fails deep inside a layer with a torch message)."""
+    for name, v in sizes.items():
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+            raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {v!r}")
 
 
 class GraphMetanet(nn.Module):

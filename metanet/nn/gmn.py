@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from .canonical import canonicalize
-from .base import GraphMetanet, readout_norm_layer
+from .base import GraphMetanet, check_sizes, readout_norm_layer
 from .inputs import NUM_KINDS, NUM_ROLES, POOL_STATS, GraphInput, mlp
 from .statnn import NUM_STATS, fit_standardisation, role_depth_groups, standardise, weight_statistics
 
@@ -203,6 +203,8 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
                  readout_bins: int = 4, readout: str = "mean", weight_stats_bins: int = 0,
                  weight_stats_fusion: str = "concat", readout_norm: str | None = None, fast: bool = False):
         super().__init__()
+        check_sizes("GMN", in_width=in_width, hidden=hidden, out_dim=out_dim, edge_out=edge_out, node_out=node_out)
+        check_sizes("GMN", 0, layers=layers, readout_bins=readout_bins)
         if canonical not in (None, "scale", "sign", "both"):
             raise ValueError(f"canonical must be None, 'scale', 'sign' or 'both', got {canonical!r}")
         if readout not in READOUTS:

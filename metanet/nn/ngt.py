@@ -7,7 +7,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch_geometric.nn import TransformerConv
 
-from .base import GraphMetanet
+from .base import GraphMetanet, check_sizes
 from .inputs import mlp
 
 
@@ -80,5 +80,8 @@ class NGT(GraphMetanet, PyTorchModelHubMixin):
                  value_scales: tuple[float, ...] = (1.0, 10.0, 100.0), readout_bins: int = 4,
                  readout_norm: str | None = None):
         super().__init__()
+        check_sizes("NGT", in_width=in_width, hidden=hidden, heads=heads, out_dim=out_dim, edge_out=edge_out,
+                    node_out=node_out)
+        check_sizes("NGT", 0, layers=layers, readout_bins=readout_bins)
         self._build(nn.ModuleList(NGTLayer(hidden, heads) for _ in range(layers)), in_width, hidden,
                     out_dim, edge_out, node_out, tuple(value_scales), readout_bins, readout_norm)
