@@ -10,6 +10,8 @@ from metanet.trace.export import _default_kwargs, tensor_leaves
 T = pytest.importorskip("transformers")
 IDS = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(0))
 IMG = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+IDS2 = torch.randint(0, 30, (3, 9), generator=torch.Generator().manual_seed(1))
+IMG2 = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 CASES = {
     "llama": lambda: (T.LlamaForCausalLM(T.LlamaConfig(
@@ -49,13 +51,17 @@ def test_hf_family(name):
     assert len(ws.groups) == n_groups
     assert not ws.spaces.warnings
     sd = model.state_dict()
-    ref = _outputs(model, x)
+    # the traced input and one of another shape: a longer sequence, or another batch of images
+    other = (IDS2,) if x[0] is IDS else (IMG2,)
+    refs = [_outputs(model, xi) for xi in (x, other)]
     for seed in range(2):
         p = ws.sample_permutation(torch.Generator().manual_seed(seed))
         model.load_state_dict(ws.permute(sd, p))
-        out = _outputs(model, x)
-        err = max(((a - b).abs().max() / (a.abs().max() + 1e-12)).item() for a, b in zip(ref, out))
-        assert err < 1e-5
+        for xi, ref in zip((x, other), refs):
+            out = _outputs(model, xi)
+            err = max(((a - b).abs().max() / (a.abs().max() + 1e-12)).item() for a, b in zip(ref, out))
+            assert err < 1e-5, (tuple(xi[0].shape), err)
+    model.load_state_dict(sd)
     for layout in ("compact", "param"):
         back = ws.state_dict(ws.graph(sd, layout))
         assert all(torch.equal(back[k], sd[k]) for k in sd)
