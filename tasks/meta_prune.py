@@ -632,17 +632,15 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
     methods = list(config.methods) + list(extra_methods or {})
 
     tuned: dict = {}     # the pre-fine-tuned edited network of the network in hand
-    chosen: dict = {}    # id(network) -> its edit at the strength chosen on validation networks
 
     def prune_by(method: str, net: nn.Module, edited: nn.Module | None, s: float, seed: int, j: int,
                  ws, params) -> tuple[nn.Module, float, int, list[int]]:
         """(pruned model, FLOP reduction, fine-tune steps left, neurons kept per group) of a
-        known method."""
+        known method; ``edited`` is the edit the method prunes (for "meta (strength chosen)" the
+        edit at the chosen strength)."""
         which, crit, alloc = known[method]
         target, steps = net, config.finetune_steps
-        if which == "chosen":
-            which, edited = "edited", chosen[id(net)]
-        if which == "edited":
+        if which in ("edited", "chosen"):
             target = edited
             if config.pre_finetune:   # the published order: the edited network is fine-tuned, then pruned
                 key = (id(edited), seed, j)
@@ -755,9 +753,7 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
                    disable=not config.progress, leave=False)
         for j, net in enumerate(test_nets):
             edited = edit(meta, net, config.apply_times)
-            chosen.clear()
-            if config.strength_grid:
-                chosen[id(net)] = with_strength(net, edited, s_chosen)
+            chosen = with_strength(net, edited, s_chosen) if config.strength_grid else None
             before, after = norm_spread(ws, net), norm_spread(ws, edited)
             result.spread.append({"seed": seed, "net": j, "before": before, "after": after})
             log(f"  held-out net {j}: group-norm spread (mean CV) {before['cv']:.2f} -> {after['cv']:.2f}, "
@@ -767,7 +763,8 @@ def run(config: MetaPruneConfig = MetaPruneConfig(), log: Callable[[str], None] 
                 for method in methods:
                     sizes = None
                     if method in known:
-                        model, reduction, steps, sizes = prune_by(method, net, edited, s, seed, j, ws, params)
+                        ed = chosen if known[method][0] == "chosen" else edited
+                        model, reduction, steps, sizes = prune_by(method, net, ed, s, seed, j, ws, params)
                     else:
                         (model, reduction), steps = extra_methods[method](net, example, s, seed), config.finetune_steps
                     pruned_acc = _accuracy(model, data)   # extra methods too: the same test split
