@@ -295,12 +295,10 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
     deeper CNNs they never saw, against the same model trained on that zoo's training
     split (the same fixed split). ``models``: graph metanetworks (GMN, its variants, NGT);
     others are skipped."""
-    from zoo import Zoo
-
     from tasks.predict_accuracy import _regression_scores as scores
     from tasks.predict_accuracy import load_model, predict
 
-    test = Zoo.open(wide).split([0.8, 0.1, 0.1], seed=0, by="job")[2]
+    test = fixed_split(wide)[2]
     for model in [m for m in models if _graph_model(m)]:
         transfer, native, secs = [], [], 0.0
         for seed in range(seeds):
@@ -329,6 +327,15 @@ def unseen_part(cnn: Path, wide: Path, seeds: int, epochs: int, max_train: int |
 MIXED_MODELS = ("statnn", "gmn", "ngt")   # the mixed part's default models
 
 
+def fixed_split(zoo) -> list:
+    """(train, validation, test) of a zoo (a folder or an open Zoo) as the accuracy task
+    splits it: AccuracyConfig's fractions and split seed, by network."""
+    from zoo import Zoo
+
+    z = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
+    return z.split(list(AccuracyConfig.split), seed=AccuracyConfig.split_seed, by="job")
+
+
 def _family(rec) -> str:
     """A mixed-zoo network's family: its architecture's name (cnn, tiny_resnet, tiny_transformer)."""
     return rec["arch"]
@@ -355,7 +362,7 @@ def mixed_profile(zoo_path: Path, n_batches: int, models=("statnn", "gmn", "gmn_
     t = time.perf_counter()
     _by_arch(z, range(len(z)))   # traces each architecture once (cached for the training below)
     out["trace_s"] = time.perf_counter() - t
-    train = z.split([0.8, 0.1, 0.1], seed=0, by="job")[0]
+    train = fixed_split(z)[0]
     order = np.random.default_rng(0).permutation(len(train))
     stages = dict(stack_s=0.0, graphs_s=0.0, datalist_s=0.0, collate_s=0.0)
     batches, shapes = [], []
@@ -430,9 +437,8 @@ def mixed_families(zoo_path: Path, model: str, seed: int) -> tuple[dict, dict]:
     of ``seed`` (out/bench/mixed_<model>_<seed>/best, as the mixed part saved it) on the
     fixed test split: ``({family: test checkpoints}, {family: τ})``."""
     from tasks.predict_accuracy import kendall_tau, load_model, predict
-    from zoo import Zoo
 
-    test = Zoo.open(zoo_path).split([0.8, 0.1, 0.1], seed=0, by="job")[2]
+    test = fixed_split(zoo_path)[2]
     fams = [_family(r) for r in test.records]
     net, _ = load_model(ROOT / "out" / "bench" / f"mixed_{model}_{seed}" / "best")
     pred, y = predict(net, zoo_batches(test, 64, "compact", target="test_acc"))
