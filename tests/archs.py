@@ -656,6 +656,150 @@ def hf_vit():
 
 
 # ---------------------------------------------------------------------------
+# Block patterns of torchvision / timm models: ConvNeXt, Swin, Res2Net + ECA
+# ---------------------------------------------------------------------------
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block: depthwise 7x7, LayerNorm over channels in channels-last layout
+    (permute), pointwise MLP as Linear layers, layer scale (a per-channel parameter
+    multiplying the branch), residual."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pw1 = nn.Linear(dim, 4 * dim)
+        self.pw2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(0.5 + torch.rand(dim))
+
+    def forward(self, x):
+        h = self.dw(x).permute(0, 2, 3, 1)
+        h = self.pw2(F.gelu(self.pw1(self.norm(h)))) * self.gamma
+        return x + h.permute(0, 3, 1, 2)
+
+
+class TinyConvNeXt(nn.Module):
+    """Patchify stem, a channels-first LayerNorm written as permute + layer_norm, two
+    ConvNeXt blocks around a downsampling layer, pooled head."""
+
+    def __init__(self, dims=(8, 12), n_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dims[0], 2, stride=2)
+        self.stem_norm = nn.LayerNorm(dims[0])
+        self.block1 = ConvNeXtBlock(dims[0])
+        self.down_norm = nn.LayerNorm(dims[0])
+        self.down = nn.Conv2d(dims[0], dims[1], 2, stride=2)
+        self.block2 = ConvNeXtBlock(dims[1])
+        self.head_norm = nn.LayerNorm(dims[1])
+        self.head = nn.Linear(dims[1], n_classes)
+
+    @staticmethod
+    def _norm2d(norm, x):
+        return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, x):
+        x = self.block1(self._norm2d(self.stem_norm, self.stem(x)))
+        x = self.block2(self.down(self._norm2d(self.down_norm, x)))
+        return self.head(self.head_norm(x.mean((2, 3))))
+
+
+def convnext():
+    torch.manual_seed(0)
+    return _finish(TinyConvNeXt()), (_images(3, 8),)
+
+
+class SwinBlock(nn.Module):
+    """Shifted-window attention (cyclic shift with torch.roll, window partition by
+    view/permute, a relative-position bias table per head indexed by a buffer), then an
+    MLP; both pre-norm residual, on channels-last tokens [B, H, W, C]."""
+
+    def __init__(self, dim, heads, window, shift):
+        super().__init__()
+        self.heads, self.window, self.shift = heads, window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.table = nn.Parameter(0.1 * torch.randn((2 * window - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("rel_index", (rel[..., 0] * (2 * window - 1) + rel[..., 1]).flatten())
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        ws, n = self.window, self.window * self.window
+        t = torch.roll(self.norm1(x), (-self.shift, -self.shift), (1, 2))
+        t = t.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n, c)
+        q, k, v = self.qkv(t).view(t.shape[0], n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.rel_index].view(n, n, self.heads).permute(2, 0, 1)
+        att = torch.softmax(q @ k.transpose(-1, -2) * (c // self.heads) ** -0.5 + bias, dim=-1)
+        t = self.proj((att @ v).transpose(1, 2).reshape(-1, n, c))
+        t = t.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        x = x + torch.roll(t, (self.shift, self.shift), (1, 2))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TinySwin(nn.Module):
+    """Patch embedding, a regular and a shifted window block, pooled head."""
+
+    def __init__(self, dim=8, heads=2, window=2, n_classes=10):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.blocks = nn.Sequential(SwinBlock(dim, heads, window, 0), SwinBlock(dim, heads, window, 1))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x):
+        t = self.blocks(self.embed(x).permute(0, 2, 3, 1))
+        return self.head(self.norm(t).mean((1, 2)))
+
+
+def swin():
+    torch.manual_seed(0)
+    return _finish(TinySwin()), (_images(3, 8),)
+
+
+class Res2Block(nn.Module):
+    """Res2Net block: a 1x1 conv, its channels split into scales, each scale's 3x3 conv
+    fed the previous scale's output plus its own split (torch.split, hierarchical sums),
+    concatenated back, an ECA gate (a 1-D conv ACROSS channels, which ties the channel
+    order), a 1x1 conv, and an Inception-style side branch (max-pool then 1x1) joined by
+    concatenation before the classifier."""
+
+    def __init__(self, ch=8, scales=4, n_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, ch, 3, padding=1)
+        self.reduce = nn.Conv2d(ch, ch, 1)
+        self.width = ch // scales
+        self.convs = nn.ModuleList(nn.Conv2d(self.width, self.width, 3, padding=1) for _ in range(scales - 1))
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.expand = nn.Conv2d(ch, ch, 1)
+        self.side = nn.Conv2d(ch, 4, 1)
+        self.fc = nn.Linear(ch + 4, n_classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        splits = torch.split(F.relu(self.reduce(x)), self.width, dim=1)
+        outs, prev = [splits[0]], None
+        for conv, part in zip(self.convs, splits[1:]):
+            prev = F.relu(conv(part if prev is None else prev + part))
+            outs.append(prev)
+        h = torch.cat(outs, dim=1)
+        gate = torch.sigmoid(self.eca(h.mean((2, 3))[:, None, :]))[:, 0]
+        h = F.relu(x + self.expand(h * gate[:, :, None, None]))
+        side = self.side(F.max_pool2d(x, 3, 1, 1))
+        return self.fc(torch.cat([h, side], dim=1).mean((2, 3)))
+
+
+def res2net_eca():
+    torch.manual_seed(0)
+    return _finish(Res2Block()), (_images(3, 8),)
+
+
+# ---------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------
 
@@ -678,6 +822,9 @@ ARCHS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "gpt": gpt,
     "gru": gru,
     "lstm": lstm,
+    "convnext": convnext,
+    "swin": swin,
+    "res2net_eca": res2net_eca,
     "hf_gpt2": hf_gpt2,
     "hf_bert": hf_bert,
     "hf_vit": hf_vit,

@@ -16,7 +16,7 @@ from metanet.space import Permutation, WeightSpace
 from metanet.space.align import align, align_stack
 
 RECOVER = ["mlp_relu", "small_cnn", "cnn_flatten", "resnet_basic", "resnet_bottleneck",
-           "transformer_encoder", "gpt"]
+           "transformer_encoder", "gpt", "convnext", "swin", "res2net_eca"]
 
 
 @pytest.fixture(autouse=True)

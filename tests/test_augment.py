@@ -15,7 +15,7 @@ from metanet.augment import (Compose, GaussianNoise, RandomApply, INRInputTransf
 from metanet.space import WeightSpace
 
 ARCH_NAMES = ["mlp_relu", "mlp_tanh", "siren", "small_cnn", "cnn_flatten", "resnet_basic",
-              "transformer_encoder", "gpt"]
+              "transformer_encoder", "gpt", "convnext", "swin", "res2net_eca"]
 EXACT = [RandomPermutation, RandomScaling, RandomSignFlip, SirenBiasShift]
 B = 3
 
@@ -75,9 +75,10 @@ def test_exact_transforms_keep_outputs(name, T):
     for b in range(B):
         one = {k: v[b] for k, v in out.items()}
         assert rel_err(outputs(model, one, x), ref) < 1e-5, f"network {b}"
-    # sensitivity: weights moved, and differently in each network of the stack
+    # sensitivity: weights moved, and differently in each network of the stack (one
+    # network's draw may be the identity: a sign group of 4 is all +1 once in 16)
     moved = [sum(float((out[k][b] - sd[k]).abs().sum()) for k in ws.weights) for b in range(B)]
-    assert min(moved) > 0
+    assert max(moved) > 0
     assert not all(torch.equal(out[k][0], out[k][1]) for k in ws.weights)
 
 

@@ -53,7 +53,8 @@ def permuted(name, stacked, seed=1):
 
 GRAPH_CASES = [("gmn", "mlp_relu", "param"), ("gmn", "small_cnn", "compact"), ("gmn", "resnet_basic", "param"),
                ("gmn", "gpt", "compact"), ("ngt", "mlp_relu", "compact"), ("ngt", "small_cnn", "compact"),
-               ("ngt", "resnet_basic", "compact"), ("ngt", "gpt", "param")]
+               ("ngt", "resnet_basic", "compact"), ("ngt", "gpt", "param"),
+               ("gmn", "convnext", "compact"), ("gmn", "res2net_eca", "param"), ("ngt", "swin", "compact")]
 
 
 def assert_heads_follow(net, ws, p, g, pg, layout):

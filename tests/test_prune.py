@@ -183,7 +183,7 @@ def test_global_allocation_removes_the_lowest_scores_over_all_groups():
 
 # -- architectures ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["resnet_basic", "resnet_bottleneck", "mobilenetv2_se", "depthwise_grouped",
-                                  "densenet", "hf_gpt2", "hf_bert", "hf_vit", "gru"])
+                                  "densenet", "hf_gpt2", "hf_bert", "hf_vit", "gru", "convnext"])
 def test_prunes_architecture(name):
     model, inputs, ws = _space(name)
     ref = _outputs(model, inputs)
@@ -198,6 +198,32 @@ def test_prunes_architecture(name):
     small = WeightSpace.of(res.model, inputs)
     assert sorted(g.size for g in small.groups if g.size > 1) == \
         sorted(new for old, new in res.groups.values() if new > 1)
+
+
+@pytest.mark.parametrize("name,free", [
+    # SwinBlock reads its head count from an attribute and its head size from the
+    # residual width: only the MLP's hidden neurons can go
+    ("swin", (".fc1.",)),
+    # Res2Block splits the reduce conv's channels by a fixed width: stem and side branch can go
+    ("res2net_eca", ("stem.", "side.")),
+])
+def test_sizes_hard_coded_in_a_forward_refuse_cleanly_and_the_rest_prunes(name, free):
+    """A custom block whose forward uses a stored size (heads, split width): pruning every
+    group is refused with PruneError and the model is unchanged; the groups it does not
+    size prune, and the pruned model runs with the new sizes."""
+    model, inputs, ws = _space(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = _outputs(model, inputs)
+    with pytest.raises(PruneError, match="fails on the example inputs"):
+        prune(model, inputs, "magnitude", ratio=0.5, ws=ws, latency=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    ids = [g.id for g in ws.groups if any(f in g.name for f in free)]
+    assert ids and len(ids) < len(ws.groups)
+    res = prune(model, inputs, "magnitude", ratio=0.5, groups=ids, ws=ws, latency=False)
+    assert res.after.params < res.before.params
+    assert {gid for gid, (old, new) in res.groups.items() if new < old} == set(ids)
+    out = _outputs(res.model, inputs)
+    assert out[0].shape == ref[0].shape and torch.isfinite(out[0]).all()
 
 
 def test_depthwise_groups_shrink_with_channels():

@@ -91,11 +91,13 @@ def test_scalings_and_sign_flips_preserve_function_where_offered(name):
             with pytest.raises(ValueError, match="no .* symmetry"):
                 sample(gen)
             continue
+        moved = False   # a draw may be the identity (a sign group of 4 is all +1 once in 16)
         for _ in range(5):
             s = sample(gen)
             ssd = ws.scale(sd, s)
-            assert any(not torch.equal(ssd[k], sd[k]) for k in sd)
+            moved |= any(not torch.equal(ssd[k], sd[k]) for k in sd)
             assert rel_err(ref, outputs_with(name, ssd)) < RTOL
+        assert moved, f"five {kind} draws moved no weight"
 
 
 def test_symmetries_offered_where_they_hold():
@@ -269,11 +271,19 @@ def _fixed_output_layers(ws):
     return out
 
 
+# hidden layers an op legitimately ties to their channel order: res2net_eca's ECA gate is
+# a 1-D conv ACROSS the channels of concat(split 0, convs' outputs), so those channels
+# (the convs' outputs; eca.weight itself has one output) cannot move
+_FIXED_HIDDEN = {"res2net_eca": {"convs.0.weight", "convs.1.weight", "convs.2.weight", "eca.weight"}}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_only_output_layers_are_fixed(name):
     # every hidden Linear/Conv output carries a group; only the layer that writes the
-    # model's output is fixed
-    assert len(_fixed_output_layers(space(name))) == 1, _fixed_output_layers(space(name))
+    # model's output is fixed (and the hidden layers _FIXED_HIDDEN names, no others)
+    fixed = set(_fixed_output_layers(space(name)))
+    hidden = _FIXED_HIDDEN.get(name, set())
+    assert hidden <= fixed and len(fixed - hidden) == 1, sorted(fixed)
 
 
 @pytest.mark.parametrize("name,count", [
