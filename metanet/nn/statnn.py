@@ -21,9 +21,28 @@ NUM_STATS = 3 + len(_QUANTILES)   # statistics per group: mean, variance, the qu
 _STRUCT = min(ROLE_INDEX["struct.concat"], ROLE_INDEX["struct.product"])
 
 
+def _sorted_by_segment(values: Tensor, seg: Tensor) -> Tensor:
+    """``values`` sorted by (segment, value), as float64. float32 values (the weights) take one
+    sort of an int64 key, the segment above an order-preserving 32-bit image of the float's
+    bits, decoded back after the sort (the same values in the same order as an argsort by
+    value then a stable argsort by segment, in a third of the time on a mixed batch); other
+    dtypes take the two argsorts."""
+    if values.dtype == torch.float32 and len(values) and int(seg.max()) < 2 ** 31 and not bool(values.isnan().any()):
+        bits = values.view(torch.int32).long()
+        # negative floats (sign bit set): larger magnitude first; non-negative after them
+        key = torch.where(bits < 0, -1 - bits, bits + 2 ** 31)
+        k = torch.sort(seg.long() * 2 ** 32 + key).values & 0xFFFFFFFF
+        return torch.where(k >= 2 ** 31, k - 2 ** 31, -1 - k).int().view(torch.float32).double()
+    values = values.double()
+    order = torch.argsort(values)
+    order = order[torch.argsort(seg[order], stable=True)]
+    return values[order]
+
+
 def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
     """Mean, variance, quantiles and log(1 + count) of ``values`` per segment id in
     [0, n): [n, NUM_STATS]."""
+    sorted_vals = _sorted_by_segment(values, seg)   # by (segment, value)
     values = values.double()
     count = torch.bincount(seg, minlength=n).double()
     s = torch.zeros(n, dtype=torch.float64).index_add_(0, seg, values)
@@ -31,10 +50,6 @@ def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
     c = count.clamp(min=1)
     mean = s / c
     var = (s2 / c - mean ** 2).clamp(min=0)
-    # sort by (segment, value): values sorted, then a stable sort by segment
-    order = torch.argsort(values)
-    order = order[torch.argsort(seg[order], stable=True)]
-    sorted_vals = values[order]
     start = torch.cumsum(count, 0) - count
     qs = []
     for q in _QUANTILES:
@@ -59,12 +74,12 @@ def weight_statistics(g: GraphInput, gid: Tensor, groups: int) -> Tensor:
     else:
         B = g.num_graphs
         eb = g.batch[g.edge_index[0]]
-        vals = ea[keep].reshape(-1)
-        seg = (eb[keep] * groups + gid[keep]).unsqueeze(-1).expand(-1, W).reshape(-1)
         valid = g.valid()
-        if valid is not None:   # leave out the padding of a mixed batch
-            mask = valid[keep].reshape(-1)
-            vals, seg = vals[mask], seg[mask]
+        # the kept slots (weights, not padding of a mixed batch), edge by edge, slot by slot
+        mask = keep.unsqueeze(-1) if valid is None else valid & keep.unsqueeze(-1)
+        slots = mask.expand(-1, W).reshape(-1).nonzero().squeeze(1)
+        vals = ea.reshape(-1)[slots]
+        seg = (eb * groups + gid)[slots // W]
     stats = segment_stats(vals, seg, B * groups)
     return stats.reshape(B, -1)
 
