@@ -336,6 +336,26 @@ def fixed_split(zoo) -> list:
     return z.split(list(AccuracyConfig.split), seed=AccuracyConfig.split_seed, by="job")
 
 
+def parse_model_epochs(spec: str | None, models) -> dict[str, int]:
+    """``--model-epochs``: "statnn=24,gmn=4" -> {"statnn": 24, "gmn": 4}, each a model of
+    ``models`` (the mixed part's) with a positive whole number of epochs; a model not named
+    trains for --epochs."""
+    if not spec:
+        return {}
+    out = {}
+    for item in spec.split(","):
+        name, eq, n = item.strip().partition("=")
+        if not eq or not name or not n.strip().isdigit() or int(n) < 1:
+            raise SystemExit(f"--model-epochs: {item!r} is not MODEL=EPOCHS with EPOCHS a positive whole number "
+                             f"(e.g. statnn=24,gmn=4)")
+        if name not in models:
+            raise SystemExit(f"--model-epochs: {name!r} is not one of the mixed part's models ({','.join(models)})")
+        if name in out:
+            raise SystemExit(f"--model-epochs: {name!r} given twice")
+        out[name] = int(n)
+    return out
+
+
 def _family(rec) -> str:
     """A mixed-zoo network's family: its architecture's name (cnn, tiny_resnet, tiny_transformer)."""
     return rec["arch"]
@@ -654,17 +674,21 @@ def targets_section(res: dict) -> list[str]:
             continue
         d = mixed[m]["tau"][0] - mixed["statnn"]["tau"][0]
         size = f", {src['mixed_networks']} networks" if "mixed_networks" in src else ""
+        eg, es = mixed[m].get("epochs", src.get("epochs")), mixed["statnn"].get("epochs", src.get("epochs"))
+        eps = f"{eg} epochs" if eg == es else f"{names.get(m, m)} {eg} epochs, StatNN {es} epochs"
+        cap = same[1].get("max_train", src.get("max_train"))
         rows.append(f"| mixed ({src.get('mixed_zoo')}{size}): GMN ≥ StatNN + 0.08 τ | {names.get(m, m)} τ "
                     f"{fmt(mixed[m]['tau'])} ({len(mixed[m]['taus'])} seed(s)): {d:+.3f} over StatNN "
                     f"({fmt(mixed['statnn']['tau'])}, {len(mixed['statnn']['taus'])} seed(s)) | {cmd(same[1])} | "
-                    f"{'met' if d >= 0.08 else 'not met'} in this run ({src.get('epochs')} epochs, at most "
-                    f"{src.get('max_train') or 'every'} training checkpoints) |")
+                    f"{'met' if d >= 0.08 else 'not met'} in this run ({eps}, "
+                    + (f"at most {cap} training checkpoints" if cap else "every training checkpoint") + ") |")
     control = _load_result("metanet_mixed_statnn")
     if rows and control and control.get("mixed"):
         # the capped run's StatNN may be under-trained: a StatNN-only run with more steps bounds the margin
         c = {r["model"]: r for r in control["mixed"]}.get("statnn")
         gmn = mixed.get("gmn")
-        if c and gmn:
+        same_statnn = mixed.get("statnn", {}).get("epochs", src.get("epochs")) or 0
+        if c and gmn and (control.get("epochs") or 0) > same_statnn:   # else the same run gave StatNN as much
             d = gmn["tau"][0] - c["tau"][0]
             rows.append(f"| mixed: the margin against StatNN trained longer ({control.get('epochs')} epochs, a "
                         f"separate command) | GMN {fmt(gmn['tau'])} ({src.get('epochs')} epochs) − StatNN "
@@ -745,6 +769,12 @@ def mixed_section(res: dict, names: dict, setting, regression_table) -> list[str
             d = by[m]["tau"][0] - by["statnn"]["tau"][0]
             L.append(f"{names.get(m, m)} − StatNN: {d:+.3f} τ ({len(by[m]['taus'])} seed(s), the same command; "
                      f"target for GMN ≥ +0.08: {'met' if d >= 0.08 else 'not met'}).  ")
+        for r in res["mixed"]:
+            n = r.get("epochs")
+            last = sum(b == n for b in r.get("best_epochs", [])) if n else 0
+            if last:
+                L.append(f"{names.get(r['model'], r['model'])}: the best validation epoch was the last ({n}) on "
+                         f"{last} of {len(r['best_epochs'])} seed(s): it may still have been improving.  ")
         L += ["StatNN pools its statistics per (tensor role, depth bin); NFN does not apply.", ""]
     ft = res.get("mixed_family_tau")
     if ft:
@@ -814,8 +844,11 @@ def write_markdown(res: dict, path: Path) -> None:
             norm = (f", GMN and NGT with readout_norm={st['readout_norm']!r} (pooled features standardised "
                     f"across networks)" if st.get("readout_norm") else "")
             num = f"({i + 1}) " if len(runs) > 1 else ""
+            per = st.get("model_epochs") or {}
+            eps = (f"{st.get('epochs', res['epochs'])} epochs" + (" (" + ", ".join(f"{m} {n}" for m, n in per.items())
+                                                                  + " epochs)" if per else ""))
             out.append(f"{num}`{st['command']}`{which}: {st.get('seeds', res['seeds'])} seed(s), "
-                       f"{st.get('epochs', res['epochs'])} epochs{cap}{norm}{load}")
+                       f"{eps}{cap}{norm}{load}")
         secs = sum(r.get("seconds", 0) for r in res.get(part) or [] if isinstance(r, dict))
         took = f"; {secs / 60:.0f} min of training in all" if secs else ""
         return "; then ".join(out) + took + "."
@@ -823,12 +856,15 @@ def write_markdown(res: dict, path: Path) -> None:
     def regression_table(rows, names, part=None):
         runs = res.get("part_runs", {}).get(part, []) if part else []
         many = len(runs) > 1   # rows of several commands: say which command measured each row
-        T = ["| model | Kendall τ | R² | seeds | train networks/s | best epochs |" + (" command |" if many else ""),
-             "|---|---|---|---:|---:|---|" + ("---:|" if many else "")]
+        own = any("epochs" in r for r in rows)   # rows trained for their own number of epochs (--model-epochs)
+        T = ["| model | Kendall τ | R² | seeds | train networks/s |" + (" epochs |" if own else "") + " best epochs |"
+             + (" command |" if many else ""),
+             "|---|---|---|---:|---:|" + ("---:|" if own else "") + "---|" + ("---:|" if many else "")]
         for r in rows:
             src = run_of(runs, r["model"]) if many else None
             T.append(f"| {names.get(r['model'], r['model'])} | {fmt(r['tau'])} | {fmt(r['r2'])} | {len(r['taus'])} | "
-                     f"{r['train_networks_per_s'][0]:.0f} | {', '.join(map(str, r.get('best_epochs', [])))} |"
+                     f"{r['train_networks_per_s'][0]:.0f} |" + (f" {r.get('epochs', '?')} |" if own else "")
+                     + f" {', '.join(map(str, r.get('best_epochs', [])))} |"
                      + (f" {'?' if src is None else src + 1} |" if many else ""))
         return T
 
@@ -947,6 +983,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-profile-batches", type=int, default=1,
                     help="mixed part: profile the data path and every model's step on this many training batches "
                          "first (0: skip)")
+    ap.add_argument("--model-epochs", default=None,
+                    help="mixed part: epochs per model, e.g. statnn=24,gmn=4 (models not named: --epochs); each "
+                         "model's best epoch is still chosen on the validation split; default: --epochs for all")
     ap.add_argument("--throughput-steps", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
@@ -973,6 +1012,9 @@ def main(argv=None) -> int:
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (1 if args.quick else 8)
     parts = set(args.parts.split(","))
+    if args.model_epochs and "mixed" not in parts:
+        raise SystemExit("--model-epochs applies to the mixed part only: add mixed to --parts")
+    model_epochs = parse_model_epochs(args.model_epochs, args.models.split(",") if args.models else MIXED_MODELS)
     t0 = time.perf_counter()
     res = {"command": "python benchmarks/metanetworks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
@@ -993,6 +1035,8 @@ def main(argv=None) -> int:
         runs = res.setdefault("part_runs", {})
         if part == "mixed":
             st["gmn_fast"] = GMN_FAST
+            if model_epochs:
+                st["model_epochs"] = model_epochs
         runs[part] = (runs.get(part, []) if part in ("accuracy", "mixed", "inr", "unseen") and args.models else []) + [st]
 
     def save():   # after every part: a long run killed midway keeps what it measured
@@ -1038,12 +1082,14 @@ def main(argv=None) -> int:
         res["mixed"] = [r for r in res.get("mixed", []) if args.models and r["model"] not in models]
         for model in models:   # saved after every seed: a run stopped midway keeps the seeds it finished
             results = []
+            ep = model_epochs.get(model, epochs)
             for seed in range(seeds):
-                results.append(_regress(mixed, model, seed, epochs, args.max_train, "mixed"))
+                results.append(_regress(mixed, model, seed, ep, args.max_train, "mixed"))
                 r = results[-1]
                 print(f"mixed {model} seed {seed}: τ {r.test['tau']:.4f} R² {r.test['r2']:.4f} "
                       f"(best epoch {r.best_epoch}, {r.seconds:.0f} s)", flush=True)
-                res["mixed"] = [x for x in res["mixed"] if x["model"] != model] + [_regression_row(model, results)]
+                res["mixed"] = [x for x in res["mixed"] if x["model"] != model] + [
+                    {**_regression_row(model, results), "epochs": ep}]
                 counts, taus = mixed_families(mixed, model, seed)
                 per = res.setdefault("mixed_family_tau", {})
                 per[model] = {f: (per.get(model, {}).get(f, []) if seed else []) + [t] for f, t in taus.items()}

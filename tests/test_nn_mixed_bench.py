@@ -1,6 +1,8 @@
 """benchmarks/metanetworks.py's mixed-architecture section: margins against StatNN read only
 between rows of one command, a row per family, the profile table, the fast layers named."""
 
+import json
+
 import pytest
 
 from conftest import load_benchmark
@@ -67,3 +69,79 @@ def test_family_and_profile_tables(bench, tmp_path):
     assert "cnn (12 test checkpoints)" in text
     assert "| GMN, readout_norm='batch', fast=True (same parameters) | 3.70 | 12.00 |" in text
     assert "400,000 edges of width 25 (70% of the edge feature slots padding)" in text
+
+
+def test_model_epochs_parsed_and_checked(bench):
+    assert bench.parse_model_epochs("statnn=24,gmn=4", ("statnn", "gmn")) == {"statnn": 24, "gmn": 4}
+    assert bench.parse_model_epochs(None, ("statnn",)) == {}
+    for bad, msg in [("statnn=0", "positive whole number"), ("statnn=2.5", "positive whole number"),
+                     ("statnn", "MODEL=EPOCHS"), ("ngt=3", "not one of the mixed part's models"),
+                     ("statnn=3,statnn=4", "given twice")]:
+        with pytest.raises(SystemExit, match=msg):
+            bench.parse_model_epochs(bad, ("statnn", "gmn"))
+    with pytest.raises(SystemExit, match="mixed part only"):
+        bench.main(["--parts", "accuracy", "--model-epochs", "statnn=3"])
+
+
+class _FakeZoo:
+    records = [{"job": j, "arch": a, "arch_kwargs": {}} for j, a in enumerate(["cnn", "tiny_resnet", "cnn"])]
+
+    def __len__(self):
+        return len(self.records)
+
+    def record(self, i):
+        return self.records[i]
+
+
+def test_model_epochs_reach_each_model_and_its_row(bench, monkeypatch, tmp_path):
+    """--model-epochs: each model trains for its own epochs (the others for --epochs), and
+    its row and the command's record say so."""
+    from tasks.predict_accuracy import Result
+
+    import zoo
+
+    calls = []
+
+    def regress(zoo_path, model, seed, epochs, max_train, tag):
+        calls.append((model, seed, epochs))
+        return Result(epochs - 1, "", {}, {"tau": 0.1 * epochs, "r2": 0.0}, seconds=1.0, train_networks_per_s=5.0)
+
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "_regress", regress)
+    monkeypatch.setattr(bench, "mixed_families", lambda *a: ({"cnn": 2}, {"cnn": 0.5}))
+    monkeypatch.setattr(zoo.Zoo, "open", staticmethod(lambda path: _FakeZoo()))
+    (tmp_path / "mz").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    bench.main(["--parts", "mixed", "--models", "statnn,gmn", "--seeds", "2", "--epochs", "3",
+                "--model-epochs", "statnn=7", "--mixed-zoo", str(tmp_path / "mz"), "--mixed-profile-batches", "0",
+                "--name", "mixed_test"])
+    assert calls == [("statnn", 0, 7), ("statnn", 1, 7), ("gmn", 0, 3), ("gmn", 1, 3)]
+    res = json.loads((tmp_path / "benchmarks" / "results" / "mixed_test.json").read_text())
+    rows = {r["model"]: r for r in res["mixed"]}
+    assert rows["statnn"]["epochs"] == 7 and rows["gmn"]["epochs"] == 3
+    assert rows["statnn"]["best_epochs"] == [6, 6]
+    assert res["part_runs"]["mixed"][-1]["model_epochs"] == {"statnn": 7}
+    text = (tmp_path / "benchmarks" / "mixed_test.md").read_text()
+    assert "3 epochs (statnn 7 epochs)" in text
+    assert "| StatNN | 0.700 ± 0.000 | 0.000 ± 0.000 | 2 | 5 | 7 | 6, 6 |" in text
+
+
+def test_page_and_targets_with_epochs_per_model(bench, monkeypatch, tmp_path):
+    run = {**_run("statnn,gmn"), "model_epochs": {"statnn": 24}}
+    rows = [{**_row("statnn", 0.30), "epochs": 24, "best_epochs": [24, 20, 24]},
+            {**_row("gmn", 0.40), "epochs": 3, "best_epochs": [2, 3, 1]}]
+    res = _res([run], rows)
+    text = _page(bench, res, tmp_path)
+    assert "StatNN: the best validation epoch was the last (24) on 2 of 3 seed(s)" in text
+    assert "GMN (fast=True): the best validation epoch was the last (3) on 1 of 3 seed(s)" in text
+    # the targets row names each model's epochs; a StatNN-only control with fewer epochs is not shown
+    control = {"epochs": 6, "command": "control", "mixed": [_row("statnn", 0.2)]}
+    monkeypatch.setattr(bench, "_load_result",
+                        lambda name: {"metanet_mixed": res, "metanet_mixed_statnn": control}.get(name))
+    lines = [ln for ln in bench.targets_section({"part_runs": {}}) if ln.startswith("| mixed")]
+    assert len(lines) == 1 and "GMN 3 epochs, StatNN 24 epochs" in lines[0] and "+0.100 over StatNN" in lines[0]
+    assert lines[0].rstrip().endswith("at most 600 training checkpoints) |") and "| met in this run" in lines[0]
+    # a control that trained StatNN longer than the same run did is still shown
+    control["epochs"] = 30
+    lines = [ln for ln in bench.targets_section({"part_runs": {}}) if ln.startswith("| mixed")]
+    assert len(lines) == 2 and "StatNN trained longer (30 epochs" in lines[1]
