@@ -675,9 +675,10 @@ def targets_section(res: dict) -> list[str]:
         d = mixed[m]["tau"][0] - mixed["statnn"]["tau"][0]
         size = f", {src['mixed_networks']} networks" if "mixed_networks" in src else ""
         eg, es = mixed[m].get("epochs", src.get("epochs")), mixed["statnn"].get("epochs", src.get("epochs"))
-        eps = f"{eg} epochs" if eg == es else f"{names.get(m, m)} {eg} epochs, StatNN {es} epochs"
+        label = names.get(m, m) + (" (fast=True)" if same[1].get("gmn_fast") and m == "gmn" else "")
+        eps = f"{eg} epochs" if eg == es else f"{label} {eg} epochs, StatNN {es} epochs"
         cap = same[1].get("max_train", src.get("max_train"))
-        rows.append(f"| mixed ({src.get('mixed_zoo')}{size}): GMN ≥ StatNN + 0.08 τ | {names.get(m, m)} τ "
+        rows.append(f"| mixed ({src.get('mixed_zoo')}{size}): GMN ≥ StatNN + 0.08 τ | {label} τ "
                     f"{fmt(mixed[m]['tau'])} ({len(mixed[m]['taus'])} seed(s)): {d:+.3f} over StatNN "
                     f"({fmt(mixed['statnn']['tau'])}, {len(mixed['statnn']['taus'])} seed(s)) | {cmd(same[1])} | "
                     f"{'met' if d >= 0.08 else 'not met'} in this run ({eps}, "

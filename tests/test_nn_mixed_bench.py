@@ -139,7 +139,7 @@ def test_page_and_targets_with_epochs_per_model(bench, monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "_load_result",
                         lambda name: {"metanet_mixed": res, "metanet_mixed_statnn": control}.get(name))
     lines = [ln for ln in bench.targets_section({"part_runs": {}}) if ln.startswith("| mixed")]
-    assert len(lines) == 1 and "GMN 3 epochs, StatNN 24 epochs" in lines[0] and "+0.100 over StatNN" in lines[0]
+    assert len(lines) == 1 and "GMN (fast=True) 3 epochs, StatNN 24 epochs" in lines[0] and "+0.100 over StatNN" in lines[0]
     assert lines[0].rstrip().endswith("at most 600 training checkpoints) |") and "| met in this run" in lines[0]
     # a control that trained StatNN longer than the same run did is still shown
     control["epochs"] = 30
