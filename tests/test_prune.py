@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from archs import ARCHS, flatten_outputs
-from metanet.prune import (PruneError, count_flops, group_norms, keep_global, keep_top, load, prune, prune_model, save,
-                           scores_for)
+from archs import ARCHS, flatten_outputs, swin
+from metanet.prune import (PruneError, count_flops, group_norms, keep_global, keep_top, load, prunable_groups, prune,
+                           prune_model, save, scores_for)
 from metanet.prune.core import _positions
 from metanet.space import WeightSpace
 
@@ -219,11 +220,20 @@ def test_sizes_hard_coded_in_a_forward_refuse_cleanly_and_the_rest_prunes(name, 
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     ids = [g.id for g in ws.groups if any(f in g.name for f in free)]
     assert ids and len(ids) < len(ws.groups)
-    res = prune(model, inputs, "magnitude", ratio=0.5, groups=ids, ws=ws, latency=False)
-    assert res.after.params < res.before.params
-    assert {gid for gid, (old, new) in res.groups.items() if new < old} == set(ids)
-    out = _outputs(res.model, inputs)
-    assert out[0].shape == ref[0].shape and torch.isfinite(out[0]).all()
+    # the probe finds exactly those groups, and says why each other one failed
+    ok, failed = prunable_groups(model, inputs, ws=ws)
+    assert ok == ids and set(failed) == {g.id for g in ws.groups} - set(ids)
+    assert all("Error" in why for why in failed.values())
+    for res in (prune(model, inputs, "magnitude", ratio=0.5, groups=ids, ws=ws, latency=False),
+                prune(model, inputs, "magnitude", ratio=0.5, groups="prunable", ws=ws, latency=False)):
+        assert res.after.params < res.before.params
+        assert {gid for gid, (old, new) in res.groups.items() if new < old} == set(ids)
+        out = _outputs(res.model, inputs)
+        assert out[0].shape == ref[0].shape and torch.isfinite(out[0]).all()
+    assert res.skipped == failed
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(PruneError, match="'prunable'"):
+        prune(model, inputs, "magnitude", ratio=0.5, groups="some", ws=ws, latency=False)
 
 
 def test_depthwise_groups_shrink_with_channels():
@@ -367,6 +377,26 @@ def test_prune_command(tmp_path, capsys):
         assert main(["prune", "--model", "cnn", "--weights", str(tmp_path / name), "--ratio", "0.3",
                      "--no-latency"]) == 2, name
         assert says in capsys.readouterr().err, name
+
+
+def test_prune_command_only_prunable(tmp_path, capsys):
+    """A model whose forward hard-codes sizes (a Swin block's head count): the plain
+    command refuses (exit 1, nothing written); --only-prunable prunes the MLP groups and
+    lists the groups it kept whole with the reason."""
+    from metanet.cli import main
+
+    factory = tmp_path / "swin_factory.py"
+    factory.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                       "from archs import swin\n")
+    out = tmp_path / "p.safetensors"
+    args = ["prune", "--model", f"{factory}:swin", "--ratio", "0.5", "--no-latency", "--out", str(out)]
+    assert main(args) == 1
+    assert "fails on the example inputs" in capsys.readouterr().err and not out.exists()
+    assert main(args + ["--only-prunable"]) == 0
+    text = capsys.readouterr().out
+    assert "blocks.0.fc1.weight[0]" in text and "kept whole (5 groups" in text and "blocks.0.table[1]:" in text
+    model, inputs = swin()
+    assert count_flops(load(model, inputs, out), inputs) < count_flops(model, inputs)
 
 
 # -- meta pruning -----------------------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ def register(subparsers) -> None:
                    help="meta pruning: first edit the model with this metanetwork (a tasks.meta_prune "
                         "checkpoint, metapruner_seed*.safetensors), then prune its output by --criterion; "
                         "fine-tune the result on your data afterwards")
+    p.add_argument("--only-prunable", action="store_true",
+                   help="first probe each group alone and prune only those the model still runs without "
+                        "(a forward that hard-codes a head count or a split width keeps those groups whole; "
+                        "the skipped groups are listed with the reason)")
     p.add_argument("--seed", type=int, default=0, help="seed for --criterion random (default 0)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--out", metavar="FILE", help="write the pruned weights and plan here (.safetensors)")
@@ -146,7 +150,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         res = prune(model, inputs, args.criterion, speedup=args.speedup, ratio=args.ratio,
                     generator=torch.Generator().manual_seed(args.seed), latency=not args.no_latency,
-                    allocation=args.allocation, progress=say)
+                    allocation=args.allocation, progress=say,
+                    groups="prunable" if args.only_prunable else None)
     except (TraceError, TypeError) as err:
         raise UsageError(f"--model {args.model!r}: {err}") from err
     except PruneError as err:
@@ -161,6 +166,10 @@ def _run(args: argparse.Namespace) -> int:
     ws = WeightSpace.of(model, inputs)
     for g, (old, new) in sorted(res.groups.items()):
         print(f"  group {g:3d}: {old:5d} -> {new:5d}  {ws.groups[g].name}")
+    if res.skipped:
+        print(f"kept whole ({len(res.skipped)} groups the model does not run without):")
+        for g, why in sorted(res.skipped.items()):
+            print(f"  group {g:3d}: {ws.groups[g].name}: {why[:160]}")
     print(res.table())
     if args.out:
         out = Path(args.out)

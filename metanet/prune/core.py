@@ -410,7 +410,8 @@ def _check_runs(original: nn.Module, pruned: nn.Module, inputs: tuple, kwargs: d
             f"the pruned model fails on the example inputs ({type(err).__name__}: {err}); some module's "
             f"forward uses a size that pruning groups {_describe_groups(ws, gids)} changed (e.g. a "
             f"hard-coded .view or an attribute the resize table does not know). Leave those groups out "
-            f"(groups=... or keep=...) or register the module type with metanet.prune.register_resizer. "
+            f"(groups=..., groups='prunable' or keep=...) or register the module type with "
+            f"metanet.prune.register_resizer. "
             f"The model was not changed{gids_note}") from err
     ref = _flat_tensors(_run(original, inputs, kwargs))
     got = _flat_tensors(out)
@@ -500,6 +501,7 @@ class PruneResult:
     after: Counts
     ratio: float | None = None
     groups: dict[int, tuple[int, int]] = field(default_factory=dict)   # group -> (old size, new size)
+    skipped: dict[int, str] = field(default_factory=dict)   # groups="prunable": group kept whole -> why
 
     @property
     def flops_reduction(self) -> float:
@@ -530,8 +532,8 @@ class PruneResult:
 
 def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Callable = "magnitude", *,
           ratio: float | Mapping[int, float] | None = None, keep: Mapping[int, Any] | None = None,
-          speedup: float | None = None, groups: Sequence[int] | None = None, kwargs: dict | None = None,
-          generator: torch.Generator | None = None, latency: bool = True, ws=None,
+          speedup: float | None = None, groups: Sequence[int] | str | None = None,
+          kwargs: dict | None = None, generator: torch.Generator | None = None, latency: bool = True, ws=None,
           allocation: str = "uniform", progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune ``model`` group by group; return the pruned copy with before/after counts.
 
@@ -543,9 +545,12 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
                   reaches it, found by bisection.
     ``criterion`` scores neurons: "random", "magnitude"/"l2", "l1", or learned scores
     ``{group id: tensor [size]}`` (see :func:`scores_for`). ``groups`` restricts pruning
-    to those group ids (default: every group). ``allocation``: "uniform" removes the same
-    fraction of every group; "global" removes the lowest scores over all groups together
-    (:func:`keep_global`; the ratio is then the fraction of all neurons). ``model`` itself
+    to those group ids (default: every group); ``groups="prunable"`` to the groups that
+    :func:`prunable_groups` finds prunable alone (a model whose ``forward`` hard-codes
+    some sizes keeps those groups whole; ``result.skipped`` says why each was kept).
+    ``allocation``: "uniform" removes the same fraction of every group; "global" removes
+    the lowest scores over all groups together (:func:`keep_global`; the ratio is then the
+    fraction of all neurons). ``model`` itself
     is never modified."""
     given = [n for n, v in (("keep", keep), ("ratio", ratio), ("speedup", speedup)) if v is not None]
     if len(given) != 1:
@@ -557,6 +562,17 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
     ws = _space(model, inputs, kwargs, ws)
     if not ws.groups:
         raise PruneError("this model has no neuron groups (every axis is fixed): nothing can be pruned")
+    skipped: dict[int, str] = {}
+    if isinstance(groups, str):
+        if groups != "prunable":
+            raise PruneError(f"groups must be a list of group ids or 'prunable', got {groups!r}")
+        if keep is not None:
+            raise PruneError("groups='prunable' chooses groups to score; with keep=... the plan names them")
+        say(f"probing which of the {len(ws.groups)} groups prune alone")
+        groups, skipped = prunable_groups(model, inputs, ws=ws, kwargs=kwargs)
+        if not groups:
+            raise PruneError("no group prunes on its own: " + "; ".join(
+                f"group {g} ({ws.groups[g].name}): {why}" for g, why in list(skipped.items())[:5]))
     say("counting parameters and FLOPs before pruning")
     before = count(model, inputs, kwargs, latency=False)
     chosen = None
@@ -583,7 +599,35 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Mapping | Call
         before, after = (Counts(before.params, before.flops, t_before), Counts(after.params, after.flops, t_after))
     return PruneResult(pruned, keep, before, after, chosen if chosen is not None else
                        (ratio if isinstance(ratio, float) else None),
-                       {g: (ws.groups[g].size, int(idx.numel())) for g, idx in keep.items()})
+                       {g: (ws.groups[g].size, int(idx.numel())) for g, idx in keep.items()}, skipped)
+
+
+def prunable_groups(model: nn.Module, example_inputs: Any, *, ws=None, kwargs: dict | None = None,
+                    groups: Sequence[int] | None = None) -> tuple[list[int], dict[int, str]]:
+    """Which groups can be pruned on their own: each group of two or more neurons (of
+    ``groups``, default all) loses its last neuron alone, and the pruned copy is rebuilt
+    and run on ``example_inputs``. Returns ``(ids that ran, {id: why it failed})``; a
+    group fails when a module holding one of its tensors cannot be rebuilt, or a
+    ``forward`` uses a size the group sets (a stored head count, a split width).
+    Groups that each prune alone usually prune together too; :func:`prune` still runs
+    the final model. ``model`` is not modified."""
+    inputs = _as_inputs(example_inputs)
+    ws = _space(model, inputs, kwargs, ws)
+    ids = range(len(ws.groups)) if groups is None else [int(g) for g in groups]
+    ok, failed = [], {}
+    for g in ids:
+        size = ws.groups[g].size
+        if size < 2:
+            failed[g] = "a single neuron: pruning would remove the group"
+            continue
+        try:
+            prune_model(ws, model, {g: torch.arange(size - 1)}, inputs, kwargs=kwargs)
+        except PruneError as err:
+            cause = err.__cause__
+            failed[g] = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+        else:
+            ok.append(g)
+    return ok, failed
 
 
 def _search_ratio(ws, model, inputs, kwargs, scores, groups, target: float, say,
