@@ -13,7 +13,8 @@ ratio. Sections:
    (sampler seeds >= 2,000,000, any equal to a training architecture skipped):
    Kaiming-normal init, then Adam until the curve flattens ("trained"; epochs per
    dataset in the config). Then per seed a GHN with each decoder is meta-trained on the
-   sampler's architectures (seeds 0..n_archs-1) and, on every test architecture,
+   sampler's architectures (the first n_archs seeds whose architecture is no test one)
+   and, on every test architecture,
    gives the accuracy of its predicted parameters with no training; on the first
    `n_finetune` ones, fine-tuning from them with the baseline's optimizer and
    minibatches: accuracy after one epoch, and steps to reach 95% of the trained
@@ -38,6 +39,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -53,10 +55,16 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-FULL = dict(seeds=3, ghn_steps=200, meta_batch=4, ghn_lr=3e-4, n_archs=100, n_test=50, n_finetune=8,
+# session 7: the main table with the ratio curve's setup (meta-batch 8, 300 training architectures;
+# earlier runs: 200 steps, meta-batch 4, 100 architectures). test_exclude fixes the test set as in
+# every earlier run (the first n_test sampler seeds from TEST_SEED0 whose architecture is none of
+# sampler seeds 0..99), so the trained baseline in the JSON stays valid; the training pool is the
+# first n_archs sampler seeds whose architecture is none of the test ones.
+FULL = dict(seeds=3, ghn_steps=1000, meta_batch=8, ghn_lr=3e-4, n_archs=300, test_exclude=100, n_test=50,
+            n_finetune=8,
             train_epochs={"digits": 15, "mnist1d": 15},
             mip_steps=300, widths=[64, 128, 256, 512, 1024, 2048, 4096])
-QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, ghn_lr=3e-4, n_archs=4, n_test=3, n_finetune=2,
+QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, ghn_lr=3e-4, n_archs=4, test_exclude=4, n_test=3, n_finetune=2,
              train_epochs={"digits": 2, "mnist1d": 1},
              mip_steps=20, widths=[64, 4096])
 GHN_KW = dict(gnn="transformer", hid=64, layers=2)
@@ -66,9 +74,12 @@ TEST_SEED0 = 2_000_000
 # session 6: the identity prior for conv/linear weights (GHN option ``identity``, default 0.8
 # since this screen) against the session-5 default (identity 0); session 5's screen (old
 # defaults, 5x5 block, session-5 defaults) is in git history
+# session 7: identity 0.9 against the default 0.8 (--screen-variants picks the rows to run; with
+# --keep the rows not rerun stay, each naming the command that measured it)
 SCREEN = {"session-5 default (no identity prior)": {"identity": 0.0},
           "identity 0.5": {"identity": 0.5},
-          "identity 0.8 (default since session 6)": {"identity": 0.8}}
+          "identity 0.8 (default since session 6)": {"identity": 0.8},
+          "identity 0.9": {"identity": 0.9}}
 
 
 def log(*a):
@@ -117,13 +128,13 @@ def steps_to(curve, target):
     return None
 
 
-def test_archs(dataset, n_archs, n_test):
-    """``n_test`` architectures from sampler seeds >= TEST_SEED0 whose kwargs equal no
-    training architecture's."""
+def test_archs(dataset, n_exclude, n_test):
+    """``n_test`` architectures from sampler seeds >= TEST_SEED0 whose kwargs equal none
+    of sampler seeds 0..n_exclude-1 (``test_exclude``: the same set in every run)."""
     from tasks.predict_init import sample_archs
     from zoo.models import arch_key
 
-    train_keys = {arch_key(n, k) for n, k in sample_archs(dataset, range(n_archs))}
+    train_keys = {arch_key(n, k) for n, k in sample_archs(dataset, range(n_exclude))}
     test, s = [], TEST_SEED0
     while len(test) < n_test:
         a = sample_archs(dataset, [s])[0]
@@ -147,7 +158,7 @@ def trained_section(dataset, cfg):
     eval_every = max(1, per_epoch // 4)
     rows = []
     t0 = time.time()
-    for j, arch in enumerate(test_archs(dataset, cfg["n_archs"], cfg["n_test"])):
+    for j, arch in enumerate(test_archs(dataset, cfg["test_exclude"], cfg["n_test"])):
         model = build_arch(arch, seed=j)
         zoo.train.init_weights(model, "kaiming_normal")
         curve = train_curve(model, data, cfg["train_epochs"][dataset] * per_epoch, j, eval_every)
@@ -158,7 +169,55 @@ def trained_section(dataset, cfg):
             "trained_acc": float(np.mean([r["kaiming"][-1][1] for r in rows])), "rows": rows}
 
 
-def predict_init_section(dataset, seed, cfg, workdir, base):
+def train_pool(dataset, base, n):
+    """The first ``n`` sampler seeds whose architecture is none of ``base``'s test
+    architectures, and how many seeds were skipped."""
+    from tasks.predict_init import sample_archs
+    from zoo.models import arch_key
+
+    test_keys = {arch_key(b["arch"], b["kwargs"]) for b in base["rows"]}
+    seeds, s = [], 0
+    while len(seeds) < n:
+        if arch_key(*sample_archs(dataset, [s])[0]) not in test_keys:
+            seeds.append(s)
+        s += 1
+    return seeds, s - n
+
+
+def setup_of(cfg, ghn_extra):
+    """What a main-table entry was measured with: entries kept by --keep must match it."""
+    return json.loads(json.dumps(dict(
+        {k: cfg[k] for k in ("ghn_steps", "meta_batch", "ghn_lr", "n_archs", "test_exclude", "n_test",
+                             "n_finetune")}, ghn=GHN_KW, decoders=DECODERS, ghn_extra=ghn_extra or {})))
+
+
+def matching_baseline(old_trained, dataset, cfg):
+    """The trained baseline of ``dataset`` from an earlier run's JSON if it was measured on
+    exactly this config's test architectures with the same epochs, else None."""
+    from zoo.models import arch_key
+
+    t = next((t for t in old_trained if t["dataset"] == dataset), None)
+    if t is None or t["epochs"] != cfg["train_epochs"][dataset] or t["n_test"] != cfg["n_test"]:
+        return None
+    want = [arch_key(*a) for a in test_archs(dataset, cfg["test_exclude"], cfg["n_test"])]
+    have = [arch_key(r["arch"], r["kwargs"]) for r in t["rows"]]
+    return t if want == have else None
+
+
+def merge_entry(entry, new):
+    """Add ``new``'s decoders (a main-table entry of the same dataset, seed and setup)
+    to ``entry`` in place."""
+    for k, v in new.items():
+        if k == "rows":
+            for r, n in zip(entry["rows"], v):
+                r.update(n)
+        elif k in ("ghn", "decoders_run"):
+            entry[k] = dict(entry.get(k, {}), **v) if k == "ghn" else sorted(set(entry.get(k, [])) | set(v))
+        else:
+            entry[k] = v
+
+
+def predict_init_section(dataset, seed, cfg, workdir, base, decoders=tuple(DECODERS), ghn_extra=None):
     """Per seed: a GHN with each decoder meta-trained on the training architectures,
     then, on every test architecture of ``base`` (:func:`trained_section`), accuracy of
     the predicted parameters and fine-tuning from them with the baseline's optimizer,
@@ -169,20 +228,24 @@ def predict_init_section(dataset, seed, cfg, workdir, base):
     from zoo.data import load_dataset
 
     data = load_dataset(dataset)
+    pool, skipped = train_pool(dataset, base, cfg["n_archs"])
     ghns, meta = {}, {}
-    for dec, kw in DECODERS.items():
+    for dec in decoders:
         t0 = time.time()
         res = run(PredictInitConfig(
             dataset=dataset, out=str(workdir / f"{dataset}_{dec}_{seed}"), steps=cfg["ghn_steps"],
-            meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], val_archs=2, lr=cfg["ghn_lr"],
-            eval_every=cfg["ghn_steps"], ckpt_every=cfg["ghn_steps"], seed=seed, resume=False,
-            progress=False, ghn=dict(GHN_KW, **kw)))
+            meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], train_seeds=tuple(pool), val_archs=2,
+            lr=cfg["ghn_lr"], eval_every=cfg["ghn_steps"], ckpt_every=cfg["ghn_steps"], seed=seed, resume=False,
+            progress=False, ghn=dict(GHN_KW, **DECODERS[dec], **(ghn_extra or {}))))
         ghns[dec] = GHN.from_pretrained(res.last_dir).eval()
         meta[dec] = dict(meta_train_seconds=round(time.time() - t0, 1),
+                         seconds_per_step=round((time.time() - t0) / cfg["ghn_steps"], 3),
+                         load=round(os.getloadavg()[0], 2),
                          ghn_params=sum(p.numel() for p in ghns[dec].parameters()),
                          final_loss=float(np.mean([h["loss"] for h in res.history[-20:]])))
         log(f"  {dataset} seed {seed} {dec}: meta-trained {cfg['ghn_steps']} steps in "
-            f"{meta[dec]['meta_train_seconds']} s, last-20 loss {meta[dec]['final_loss']:.3f}")
+            f"{meta[dec]['meta_train_seconds']} s, last-20 loss {meta[dec]['final_loss']:.3f} "
+            f"(load {meta[dec]['load']}, {time.strftime('%H:%M:%S')})")
     from tasks.predict_init import accuracy
 
     per_epoch, eval_every = base["steps_per_epoch"], base["eval_every"]
@@ -211,7 +274,8 @@ def predict_init_section(dataset, seed, cfg, workdir, base):
            "kaiming_acc0": float(np.mean([b["kaiming"][0][1] for b in brows])),
            "trained_acc_ft": float(trained[ft].mean()),
            "kaiming_acc_1ep": float(np.mean([at_step(brows[j]["kaiming"], per_epoch) for j in ft])),
-           "ghn": meta, "rows": rows}
+           "ghn": meta, "rows": rows, "decoders_run": list(ghns), "train_seeds_skipped": skipped,
+           "setup": setup_of(cfg, ghn_extra)}
     k_steps = [steps_to(brows[j]["kaiming"], 0.95 * rows[j]["trained"]) for j in ft]
     out["kaiming_steps95"] = float(np.mean([s for s in k_steps if s is not None]))
     out["kaiming_reached95"] = sum(k is not None for k in k_steps)
@@ -275,24 +339,18 @@ def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0,
     the first 300 sampler seeds whose architecture is none of the test ones.
     ``ghn_extra``: GHN options on top of the decoder's (for screening a design change);
     ``finetune=False`` skips the fine-tuning."""
-    from tasks.predict_init import PredictInitConfig, accuracy, build_arch, run, sample_archs
+    from tasks.predict_init import PredictInitConfig, accuracy, build_arch, run
     from zoo.data import load_dataset
-    from zoo.models import arch_key
 
     data = load_dataset(dataset)
     calib = data.x_train[:512]
-    test_keys = {arch_key(b["arch"], b["kwargs"]) for b in base["rows"]}
-    train_seeds, s = [], 0
-    while len(train_seeds) < 300:
-        if arch_key(*sample_archs(dataset, [s])[0]) not in test_keys:
-            train_seeds.append(s)
-        s += 1
+    train_seeds, skipped = train_pool(dataset, base, 300)
     models = [build_arch((b["arch"], b["kwargs"]), seed=j) for j, b in enumerate(base["rows"])]
     trained = np.array([b["kaiming"][-1][1] for b in base["rows"]])
     ghn_kw = dict(GHN_KW, **DECODERS[dec], **(ghn_extra or {}))
     out = dict(dataset=dataset, decoder=dec, ghn_extra=dict(ghn_extra or {}), seed=seed, steps=steps,
                meta_batch=8, n_archs=300,
-               train_seeds_skipped=s - 300, trained_acc=float(trained.mean()), points=[])
+               train_seeds_skipped=skipped, trained_acc=float(trained.mean()), points=[])
     t0 = time.time()
     eval_s = [0.0]
 
@@ -620,8 +678,7 @@ def screen_md(res):
     L = ["## Screening a design change (digits, tiled decoder, equal steps)", "",
          f"The ratio-curve setup above, {sc[0]['steps']} meta-training steps per variant (cosine over "
          f"{sc[0]['steps']}), seed 0, the same 300 training and {len(base['rows'])} test architectures; one run "
-         "per variant"
-         + (f" (`{res['sources']['screen']}`)" if res.get("sources", {}).get("screen") else "") + ".", "",
+         "per variant.", "",
          "| variant | GHN options | accuracy, no training | predicted / trained | "
          + " | ".join(k for k in family_ratios(sc[0], base)) + " | training loss (last 50 steps) | s per meta-step |",
          "|---|---|---|---|" + "---|" * len(family_ratios(sc[0], base)) + "---|---|"]
@@ -631,8 +688,136 @@ def screen_md(res):
         L.append(f"| {e['variant']} | {e['ghn_extra'] or '-'} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
                  + " | ".join(f"{v['ratio']:.3f}" for v in fr.values())
                  + f" | {pt.get('loss', float('nan')):.3f} | {e['seconds_per_step']:.2f} |")
+    by_cmd = {}
+    for e in sc:
+        src = e.get("command") or res.get("sources", {}).get("screen") or res["command"]
+        by_cmd.setdefault(src, []).append(e["variant"])
     return L + ["", "Group columns: mean accuracy with no training / mean trained accuracy of that group "
-                "(family: the sampler's architecture family; norm: its normalisation kind).", ""]
+                "(family: the sampler's architecture family; norm: its normalisation kind).", "",
+                "Measured by: " + "; ".join(f"{', '.join(v)}: `{k}`" for k, v in by_cmd.items()) + ".", ""]
+
+
+def predict_md(res):
+    """The main table: per dataset, accuracy with no training and fine-tuning for each
+    decoder (over the seeds it finished), then the issue's targets."""
+    c = dict(res["config"], **(res["predict_init"][0].get("setup") or {}))
+    seeds = c.get("seeds", res["config"]["seeds"])
+    extra = c.get("ghn_extra") or {}
+    L = [f"Setup: per seed and dataset, a GHN ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, {GHN_KW['layers']} "
+         "layers; the GHN's defaults otherwise" + (f", plus {extra}" if extra else "") + "; tiled decoder: block "
+         f"{DECODERS['tiled']['block']}; low-rank decoder: max width {DECODERS['lowrank']['max_width']}, rank "
+         f"{DECODERS['lowrank']['rank']}) with each decoder is meta-trained for {c['ghn_steps']} steps "
+         f"(AdamW, peak lr {c['ghn_lr']}, 50 warm-up steps then cosine over the {c['ghn_steps']} steps; "
+         f"meta-batch {c['meta_batch']} architectures, one minibatch of 64 per step; {c['n_archs']} training "
+         f"architectures: the first {c['n_archs']} sampler seeds whose architecture is none of the test ones). "
+         f"Test: {c['n_test']} unseen architectures per dataset (sampler seeds from {TEST_SEED0:,} whose "
+         f"architecture is none of sampler seeds 0..{c.get('test_exclude', c['n_archs']) - 1}'s), the same for "
+         "every seed and the same set as the ratio curve's and the screen's. 'Trained' (the baseline, once per "
+         "architecture): Kaiming-normal init, then Adam (lr 1e-3, batch 64) for "
+         + ", ".join(f"{e} epochs on {d}" for d, e in c["train_epochs"].items())
+         + "; the trained accuracy is the accuracy at the end. Fine-tuning from the predicted "
+         f"parameters (the first {c['n_finetune']} test architectures; same optimizer and minibatches as "
+         "the baseline) runs until one epoch has passed and 95% of the trained accuracy is reached, at "
+         "most the baseline's steps. BatchNorm statistics are recomputed on 512 training images before "
+         "every evaluation, for every init alike. The Kaiming rows come from the baseline's one run per "
+         "architecture, shared by all seeds (their ± is 0 by construction); the seeds vary the GHN's "
+         "initialisation, its meta-training minibatches and the order of training architectures.", ""]
+    has = lambda r, dec: f"{dec}_acc0" in r
+    for ds in res["datasets"]:
+        runs = [r for r in res["predict_init"] if r["dataset"] == ds]
+        base = [t for t in res.get("trained", []) if t["dataset"] == ds]
+        if not runs:
+            continue
+        L += [f"## {ds}: predicted parameters on unseen architectures", ""]
+        for dec in DECODERS:
+            n = sum(has(r, dec) for r in runs)
+            if n < seeds:
+                L += [f"**{dec} decoder: {n} of {seeds} seeds measured** (the rest did not fit in the "
+                      "session's time).", ""]
+        if base:
+            t = base[0]
+            L += [f"Trained baseline: {t['trained_acc']:.3f} mean accuracy over {t['n_test']} architectures "
+                  f"after {t['epochs']} epochs (at two thirds of the epochs: "
+                  f"{t.get('acc_two_thirds', two_thirds_acc(t)):.3f}); {t['seconds']:.0f} s for all of them"
+                  + (f"; reused from the JSON, measured by `{t['command']}`" if t.get("command")
+                     and t["command"] != res["command"] else "") + ".", ""]
+        L += ["| init | seeds | accuracy, no training (all test archs) | ratio to trained (mean accuracy / mean "
+              "trained) |", "|---|---|---|---|"]
+        L.append(f"| Kaiming normal | - | {mean_sd([r['kaiming_acc0'] for r in runs])} | "
+                 f"{mean_sd([r['kaiming_acc0'] / r['trained_acc'] for r in runs])} |")
+        for dec in DECODERS:
+            rd = [r for r in runs if has(r, dec)]
+            if rd:
+                L.append(f"| GHN, {dec} decoder | {','.join(str(r['seed']) for r in rd)} | "
+                         f"{mean_sd([r[f'{dec}_acc0'] for r in rd])} | "
+                         f"{mean_sd([r[f'{dec}_acc0'] / r['trained_acc'] for r in rd])} |")
+        L += ["", f"Fine-tuning ({runs[0]['n_finetune']} architectures per seed; their trained accuracy "
+              f"{runs[0]['trained_acc_ft']:.3f}; one epoch = {runs[0]['steps_per_epoch']} steps):", "",
+              "| init | accuracy after 1 epoch | steps to 95% of trained (mean over those reaching it) | reached | "
+              "ratio of steps to Kaiming's (same architectures) |", "|---|---|---|---|---|"]
+        L.append(f"| Kaiming normal | {mean_sd([r['kaiming_acc_1ep'] for r in runs])} | "
+                 f"{mean_sd([r['kaiming_steps95'] for r in runs])} | "
+                 f"{runs[0]['kaiming_reached95']}/{runs[0]['n_finetune']} per seed | 1 |")
+        for dec in DECODERS:
+            rd = [r for r in runs if has(r, dec)]
+            if rd:
+                L.append(f"| GHN, {dec} decoder | {mean_sd([r[f'{dec}_acc_1ep'] for r in rd])} | "
+                         f"{mean_sd([r[f'{dec}_steps95'] for r in rd])} | "
+                         f"{sum(r[f'{dec}_reached95'] for r in rd)}/{sum(r['n_finetune'] for r in rd)} | "
+                         f"{mean_sd([r[f'{dec}_steps95_ratio'] for r in rd])} |")
+        decs = [d for d in DECODERS if any(has(r, d) for r in runs)]
+        L += ["", "Steps to 95% are averaged over the architectures whose run reached it (column "
+              "'reached'; a fine-tuning run stops at the baseline's steps); the last column compares those "
+              "runs' steps with Kaiming's on the same architectures. GHN parameters: "
+              + ", ".join(f"{d} {next(r for r in runs if has(r, d))['ghn'][d]['ghn_params']:,}" for d in decs)
+              + "; meta-training time per GHN (with the first trace of each architecture): "
+              + ", ".join(f"{d} {np.mean([r['ghn'][d]['meta_train_seconds'] for r in runs if has(r, d)]):.0f} s"
+                          + (f" ({np.mean([r['ghn'][d]['seconds_per_step'] for r in runs if has(r, d)]):.2f} s per "
+                             f"meta-step at load {min(r['ghn'][d]['load'] for r in runs if has(r, d)):.1f} to "
+                             f"{max(r['ghn'][d]['load'] for r in runs if has(r, d)):.1f})"
+                             if all('load' in r['ghn'][d] for r in runs if has(r, d)) else "") for d in decs)
+              + "; meta-training loss (mean of the last 20 steps): "
+              + ", ".join(f"{d} {mean_sd([r['ghn'][d]['final_loss'] for r in runs if has(r, d)])}" for d in decs)
+              + ".", ""]
+    by_cmd = {}
+    for r in res["predict_init"]:
+        for d, g in r["ghn"].items():
+            by_cmd.setdefault(g.get("command") or r.get("command") or res["command"], []).append(
+                f"{r['dataset']} {d} seed {r['seed']}")
+    if len(by_cmd) > 1 or res["command"] not in by_cmd:
+        L += ["Measured by: " + "; ".join(f"{', '.join(v)}: `{k}`" for k, v in by_cmd.items()) + ".", ""]
+    L += ["## Against the issue's targets", "",
+          "Means over the seeds measured (column 'seeds') of the figures above. Targets: accuracy with no "
+          "training >= 0.8 x trained; after one epoch >= Kaiming + 0.10; steps to 95% <= 0.5 x Kaiming's.", "",
+          "| dataset | decoder | seeds | no training / trained | met | 1 epoch minus Kaiming | met | steps ratio | met |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for ds in res["datasets"]:
+        runs = [r for r in res["predict_init"] if r["dataset"] == ds]
+        for dec in DECODERS:
+            rd = [r for r in runs if has(r, dec)]
+            if not rd:
+                continue
+            ratio = float(np.mean([r[f"{dec}_acc0"] / r["trained_acc"] for r in rd]))
+            gain = float(np.mean([r[f"{dec}_acc_1ep"] - r["kaiming_acc_1ep"] for r in rd]))
+            sr = [r[f"{dec}_steps95_ratio"] for r in rd if r[f"{dec}_steps95_ratio"] is not None]
+            srm = float(np.mean(sr)) if sr else None
+            summary[ds, dec] = (ratio, gain, [r["seed"] for r in rd])
+            L.append(f"| {ds} | {dec} | {len(rd)} | {ratio:.3f} | {'yes' if ratio >= 0.8 else 'no'} | {gain:+.3f} | "
+                     f"{'yes' if gain >= 0.10 else 'no'} | {'n/a' if srm is None else f'{srm:.3f}'} | "
+                     f"{'yes' if srm is not None and srm <= 0.5 else 'no'} |")
+    cmp = []
+    for ds in res["datasets"]:
+        if (ds, "tiled") in summary and (ds, "lowrank") in summary:
+            (rt, gt, st), (rl, gl, sl) = summary[ds, "tiled"], summary[ds, "lowrank"]
+            cmp.append(f"{ds}: no training / trained {rl:.3f} low-rank against {rt:.3f} tiled "
+                       f"({rl - rt:+.3f}); one epoch minus Kaiming {gl:+.3f} against {gt:+.3f} ({gl - gt:+.3f})"
+                       + ("" if st == sl else f" (seeds: low-rank {sl}, tiled {st})"))
+    if cmp:
+        L += ["", "Low-rank against tiled (target: the low-rank decoder at most 1/100 of the tiled one's "
+              "parameters at width 4,096, see 'Decoder size' below, with no loss in these two figures): "
+              + "; ".join(cmp) + "."]
+    return L + [""]
 
 
 def write_md(res, path, cmd):
@@ -649,83 +834,7 @@ def write_md(res, path, cmd):
     for note in res.get("notes", []):   # what changed in the code between the kept sections' runs
         L += [f"Note: {note}", ""]
     if res["predict_init"]:
-        L += [f"Setup: per seed and dataset, a GHN ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, "
-              f"{GHN_KW['layers']} layers) with each decoder is meta-trained for {c['ghn_steps']} steps "
-              f"(AdamW, peak lr {c['ghn_lr']}, 50 warm-up steps then cosine; meta-batch {c['meta_batch']} "
-              f"architectures, one minibatch of 64 per step; {c['n_archs']} training architectures, "
-              f"sampler seeds 0..{c['n_archs'] - 1}). Test: {c['n_test']} unseen architectures per dataset "
-              f"(sampler seeds from {TEST_SEED0:,}, any equal to a training architecture skipped), the "
-              "same for every seed. 'Trained' (the baseline, once per architecture): Kaiming-normal init, "
-              "then Adam (lr 1e-3, batch 64) for "
-              + ", ".join(f"{e} epochs on {d}" for d, e in c["train_epochs"].items())
-              + "; the trained accuracy is the accuracy at the end. Fine-tuning from the predicted "
-              f"parameters (the first {c['n_finetune']} test architectures; same optimizer and minibatches as "
-              "the baseline) runs until one epoch has passed and 95% of the trained accuracy is reached, at "
-              "most the baseline's steps. BatchNorm statistics are recomputed on 512 training images before "
-              "every evaluation, for every init alike. The Kaiming rows come from the baseline's one run per "
-              "architecture, shared by all seeds (their ± is 0 by construction); the seeds vary the GHN's "
-              "initialisation and meta-training.", ""]
-    for ds in res["datasets"]:
-        runs = [r for r in res["predict_init"] if r["dataset"] == ds]
-        base = [t for t in res.get("trained", []) if t["dataset"] == ds]
-        if not runs:
-            continue
-        L += [f"## {ds}: predicted parameters on unseen architectures", ""]
-        if len(runs) < c["seeds"]:
-            L += [f"**{len(runs)} of {c['seeds']} seeds finished** (the run was stopped before the rest).", ""]
-        if base:
-            t = base[0]
-            L += [f"Trained baseline: {t['trained_acc']:.3f} mean accuracy over {t['n_test']} architectures "
-                  f"after {t['epochs']} epochs (at two thirds of the epochs: "
-                  f"{t.get('acc_two_thirds', two_thirds_acc(t)):.3f}); "
-                  f"{t['seconds']:.0f} s for all of them.", ""]
-        L += ["| init | accuracy, no training (all test archs) | ratio to trained (mean accuracy / mean trained) |",
-              "|---|---|---|"]
-        L.append(f"| Kaiming normal | {mean_sd([r['kaiming_acc0'] for r in runs])} | "
-                 f"{mean_sd([r['kaiming_acc0'] / r['trained_acc'] for r in runs])} |")
-        for dec in DECODERS:
-            L.append(f"| GHN, {dec} decoder | {mean_sd([r[f'{dec}_acc0'] for r in runs])} | "
-                     f"{mean_sd([r[f'{dec}_acc0'] / r['trained_acc'] for r in runs])} |")
-        L += ["", f"Fine-tuning ({runs[0]['n_finetune']} architectures per seed; their trained accuracy "
-              f"{mean_sd([r['trained_acc_ft'] for r in runs])}; one epoch = {runs[0]['steps_per_epoch']} steps):", "",
-              "| init | accuracy after 1 epoch | steps to 95% of trained (mean over those reaching it) | reached | "
-              "ratio of steps to Kaiming's (same architectures) |", "|---|---|---|---|---|"]
-        L.append(f"| Kaiming normal | {mean_sd([r['kaiming_acc_1ep'] for r in runs])} | "
-                 f"{mean_sd([r['kaiming_steps95'] for r in runs])} | "
-                 f"{sum(r['kaiming_reached95'] for r in runs)}/{sum(r['n_finetune'] for r in runs)} | 1 |")
-        for dec in DECODERS:
-            L.append(f"| GHN, {dec} decoder | {mean_sd([r[f'{dec}_acc_1ep'] for r in runs])} | "
-                     f"{mean_sd([r[f'{dec}_steps95'] for r in runs])} | "
-                     f"{sum(r[f'{dec}_reached95'] for r in runs)}/{sum(r['n_finetune'] for r in runs)} | "
-                     f"{mean_sd([r[f'{dec}_steps95_ratio'] for r in runs])} |")
-        L += ["", "Steps to 95% are averaged over the architectures whose run reached it (column "
-              "'reached'; a fine-tuning run stops at the baseline's steps); the last column compares those "
-              "runs' steps with Kaiming's on the same architectures. GHN parameters: "
-              + ", ".join(f"{d} {runs[0]['ghn'][d]['ghn_params']:,}" for d in DECODERS)
-              + "; meta-training time per GHN: "
-              + ", ".join(f"{d} {np.mean([r['ghn'][d]['meta_train_seconds'] for r in runs]):.0f} s" for d in DECODERS)
-              + "; meta-training loss (mean of the last 20 steps): "
-              + ", ".join(f"{d} {mean_sd([r['ghn'][d]['final_loss'] for r in runs])}" for d in DECODERS)
-              + ".", ""]
-    if res["predict_init"]:
-        L += ["## Against the issue's targets", "",
-              "Means over seeds of the figures above. Targets: accuracy with no training >= 0.8 x trained; "
-              "after one epoch >= Kaiming + 0.10; steps to 95% <= 0.5 x Kaiming's.", "",
-              "| dataset | decoder | no training / trained | met | 1 epoch minus Kaiming | met | steps ratio | met |",
-              "|---|---|---|---|---|---|---|---|"]
-        for ds in res["datasets"]:
-            runs = [r for r in res["predict_init"] if r["dataset"] == ds]
-            if not runs:
-                continue
-            for dec in DECODERS:
-                ratio = np.mean([r[f"{dec}_acc0"] / r["trained_acc"] for r in runs])
-                gain = np.mean([r[f"{dec}_acc_1ep"] - r["kaiming_acc_1ep"] for r in runs])
-                sr = [r[f"{dec}_steps95_ratio"] for r in runs if r[f"{dec}_steps95_ratio"] is not None]
-                srm = float(np.mean(sr)) if sr else None
-                L.append(f"| {ds} | {dec} | {ratio:.3f} | {'yes' if ratio >= 0.8 else 'no'} | {gain:+.3f} | "
-                         f"{'yes' if gain >= 0.10 else 'no'} | {'n/a' if srm is None else f'{srm:.3f}'} | "
-                         f"{'yes' if srm is not None and srm <= 0.5 else 'no'} |")
-        L.append("")
+        L += predict_md(res)
     if res.get("curve"):
         cv = res["curve"]
         L += ["## Meta-training length", "",
@@ -854,6 +963,15 @@ def main(argv=None):
     ap.add_argument("--screen", type=int, default=0, metavar="STEPS",
                     help="screen the design variants of SCREEN on digits (tiled decoder): one GHN each, STEPS "
                          "steps, predicted/trained per architecture family on the test architectures")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="main table: only these seeds (default 0..seeds-1); with --keep, entries of other seeds "
+                         "measured with the same setup stay")
+    ap.add_argument("--predict-decoders", nargs="+", default=list(DECODERS), choices=list(DECODERS),
+                    help="main table: these decoders, in this order (each over all seeds before the next)")
+    ap.add_argument("--ghn-extra", type=json.loads, default={}, metavar="JSON",
+                    help="main table: GHN options on top of the defaults, e.g. '{\"identity\": 0.9}'")
+    ap.add_argument("--screen-variants", nargs="+", default=None, choices=list(SCREEN), metavar="NAME",
+                    help="with --screen: only these variants of SCREEN (default: all)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the skipped sections' results from the existing JSON")
     args = ap.parse_args(argv)
@@ -876,7 +994,7 @@ def main(argv=None):
         if "predict" in args.skip:   # kept sections still cover the datasets they measured
             res["datasets"] = list(dict.fromkeys([*old.get("datasets", []), *args.datasets]))
 
-    cmd = " ".join(["python benchmarks/hyper.py", *(argv if argv is not None else sys.argv[1:])])
+    cmd = " ".join(["python benchmarks/hyper.py", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     if args.md_only:
         old = json.loads(out_json.read_text())
         save_json(old, out_json)
@@ -917,21 +1035,39 @@ def main(argv=None):
         res["curve"] = old["curve"]
         res.setdefault("sources", {})["curve"] = old.get("sources", {}).get("curve") or old.get("command")
     if "predict" not in args.skip:
+        have_old = args.keep and out_json.exists()
+        setup = setup_of(cfg, args.ghn_extra)
+        if have_old:   # entries measured with this very setup stay; this run adds or replaces decoders
+            res["predict_init"] = [e for e in old.get("predict_init", []) if e.get("setup") == setup]
         bases = {}
         for ds in args.datasets:          # the baselines first: every seed below reuses them
-            bases[ds] = trained_section(ds, cfg)
-            res["trained"].append(bases[ds])
-            log(f"{ds}: trained {bases[ds]['trained_acc']:.3f} ({bases[ds]['n_test']} architectures, "
-                f"{bases[ds]['epochs']} epochs, {bases[ds]['seconds']:.0f} s)")
+            b = matching_baseline(old.get("trained", []), ds, cfg) if have_old else None
+            if b is not None:             # same test architectures and epochs: reused, not retrained
+                b = dict(b, command=b.get("command") or old.get("sources", {}).get("predict") or old.get("command"))
+                log(f"{ds}: trained baseline reused from {out_json.name} (measured by `{b['command']}`)")
+            else:
+                b = dict(trained_section(ds, cfg), command=cmd)
+            bases[ds] = b
+            res["trained"].append(b)
+            log(f"{ds}: trained {b['trained_acc']:.3f} ({b['n_test']} architectures, "
+                f"{b['epochs']} epochs, {b['seconds']:.0f} s)")
             save()
         with tempfile.TemporaryDirectory() as tmp:
-            for seed in range(cfg["seeds"]):
-                for ds in args.datasets:
-                    res["predict_init"].append(predict_init_section(ds, seed, cfg, Path(tmp), bases[ds]))
-                    r = res["predict_init"][-1]
-                    log(f"{ds} seed {seed}: trained {r['trained_acc']:.3f} kaiming {r['kaiming_acc0']:.3f} "
-                        + " ".join(f"{d} {r[f'{d}_acc0']:.3f}" for d in DECODERS))
-                    save()
+            for dec in args.predict_decoders:
+                for seed in (args.seeds if args.seeds is not None else range(cfg["seeds"])):
+                    for ds in args.datasets:
+                        new = predict_init_section(ds, seed, cfg, Path(tmp), bases[ds], (dec,), args.ghn_extra)
+                        new["command"] = new["ghn"][dec]["command"] = cmd
+                        e = next((e for e in res["predict_init"] if e["dataset"] == ds and e["seed"] == seed), None)
+                        if e is None:
+                            res["predict_init"].append(new)
+                        else:
+                            merge_entry(e, new)
+                        log(f"{ds} seed {seed} {dec}: trained {new['trained_acc']:.3f} kaiming "
+                            f"{new['kaiming_acc0']:.3f} {dec} {new[f'{dec}_acc0']:.3f} (ratio "
+                            f"{new[f'{dec}_ratio_to_trained']:.3f}); 1 epoch {new[f'{dec}_acc_1ep']:.3f} vs "
+                            f"{new['kaiming_acc_1ep']:.3f}; steps ratio {new[f'{dec}_steps95_ratio']}")
+                        save()
     if args.ratio_curve:
         points = sorted({p for p in args.ratio_points if p < args.ratio_curve} | {args.ratio_curve})
         planned = {(ds, dec) for dec in args.ratio_decoders for ds in args.datasets}
@@ -958,16 +1094,21 @@ def main(argv=None):
                     on_point(ratio_curve_section(ds, dec, args.ratio_curve, points, cfg, base, Path(tmp),
                                                  on_point=on_point))
     if args.screen:
-        res["screen"] = []
+        variants = args.screen_variants or list(SCREEN)
+        # with --keep, rows this run does not redo stay (each names the command that measured it)
+        res["screen"] = [dict(e, command=e.get("command") or old.get("sources", {}).get("screen")
+                              or old.get("command"))
+                         for e in (old.get("screen", []) if args.keep and out_json.exists() else [])
+                         if e["variant"] not in variants]
         base = next((t for t in res["trained"] if t["dataset"] == "digits"), None)
         if base is None:
             base = trained_section("digits", cfg)
             res["trained"].append(base)
         with tempfile.TemporaryDirectory() as tmp:
-            for name, extra in SCREEN.items():
+            for name in variants:
                 res["screen"].append(dict(ratio_curve_section(
                     "digits", "tiled", args.screen, [args.screen], cfg, base, Path(tmp) / name.replace(" ", "_"),
-                    ghn_extra=extra, finetune=False), variant=name))
+                    ghn_extra=SCREEN[name], finetune=False), variant=name, command=cmd))
                 save()
     elif args.keep and out_json.exists() and old.get("screen"):
         res["screen"] = old["screen"]
