@@ -631,8 +631,7 @@ def ratio_curve_md(res):
                           f"({pts[last] - pts[half]:+.3f})")
     if growth:
         L += ["", "Predicted / trained over the second half of each run (step n/2 -> n): " + "; ".join(growth) + "."]
-    have = {(e["dataset"], e["decoder"]) for e in rc if "finetune" in e}
-    missing = [f"{d} {k}" for k in DECODERS for d in res["datasets"] if (d, k) not in have]
+    missing = [f"{e['dataset']} {e['decoder']}" for e in rc if "finetune" not in e]
     if missing:
         L += ["", "Not measured to the end (the ratio-curve run was stopped for time before it finished): " + ", ".join(missing) + "."]
     by_cmd = {}
@@ -946,6 +945,22 @@ def save_json(res, path):
     Path(path).write_text(dumps(compact(res)) + "\n")
 
 
+def drop_parts(res, parts):
+    """Remove superseded kept results (``--drop``) from ``res`` in place."""
+    for part in parts:
+        if part == "curve":
+            res.pop("curve", None)
+            res.get("sources", {}).pop("curve", None)
+        elif part.count(":") == 2 and part.startswith("ratio_curve:"):
+            _, ds, dec = part.split(":")
+            res["ratio_curve"] = [e for e in res.get("ratio_curve", []) if (e["dataset"], e["decoder"]) != (ds, dec)]
+            if not res["ratio_curve"]:
+                res.pop("ratio_curve")
+                res.get("sources", {}).pop("ratio_curve", None)
+        else:
+            raise SystemExit(f"--drop: {part!r} is neither 'curve' nor 'ratio_curve:DATASET:DECODER'")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed")
@@ -972,6 +987,12 @@ def main(argv=None):
                     help="main table: GHN options on top of the defaults, e.g. '{\"identity\": 0.9}'")
     ap.add_argument("--screen-variants", nargs="+", default=None, choices=list(SCREEN), metavar="NAME",
                     help="with --screen: only these variants of SCREEN (default: all)")
+    ap.add_argument("--drop", nargs="+", default=[], metavar="PART",
+                    help="with --keep or --md-only: remove superseded kept results: 'curve' (the validation-"
+                         "accuracy curve) or 'ratio_curve:DATASET:DECODER' (one ratio-curve entry)")
+    ap.add_argument("--notes", nargs="+", default=None, metavar="TEXT",
+                    help="with --keep or --md-only: replace the stored notes (what each kept section was "
+                         "measured with) by these")
     ap.add_argument("--keep", action="store_true",
                     help="keep the skipped sections' results from the existing JSON")
     args = ap.parse_args(argv)
@@ -997,6 +1018,9 @@ def main(argv=None):
     cmd = " ".join(["python benchmarks/hyper.py", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     if args.md_only:
         old = json.loads(out_json.read_text())
+        drop_parts(old, args.drop)
+        if args.notes is not None:
+            old["notes"] = args.notes
         save_json(old, out_json)
         write_md(old, out_md, old.get("command", cmd))
         return
@@ -1118,6 +1142,9 @@ def main(argv=None):
         res.setdefault("sources", {})["ratio_curve"] = old.get("sources", {}).get("ratio_curve") or old.get("command")
     if args.keep and out_json.exists() and old.get("notes"):
         res["notes"] = old["notes"]   # what changed between the kept sections' runs stays said
+    if args.notes is not None:
+        res["notes"] = args.notes
+    drop_parts(res, args.drop)
     save()
     log(f"wrote {out_json} ({res['seconds']:.0f} s)")
 

@@ -37,3 +37,46 @@ def test_stored_results_rewrite_the_page_as_committed(tmp_path):
     res = json.loads((ROOT / "benchmarks" / "results" / "hyper.json").read_text())
     h.write_md(res, tmp_path / "hyper.md", res["command"])
     assert (tmp_path / "hyper.md").read_text() == (ROOT / "benchmarks" / "hyper.md").read_text()
+
+
+def test_main_table_entries_merge_by_decoder_and_the_page_says_which_seeds():
+    h = bench()
+    base = {"dataset": "digits", "seed": 0, "n_test": 2, "n_finetune": 1, "steps_per_epoch": 5,
+            "trained_acc": 0.8, "kaiming_acc0": 0.1, "trained_acc_ft": 0.9, "kaiming_acc_1ep": 0.3,
+            "kaiming_steps95": 20.0, "kaiming_reached95": 1}
+
+    def entry(dec, seed, acc0):
+        return dict(base, seed=seed, rows=[{"finetuned": True, dec: [[0, acc0]]}, {"finetuned": False, dec: [[0, acc0]]}],
+                    ghn={dec: {"ghn_params": 10, "meta_train_seconds": 1.0, "final_loss": 2.0, "command": f"run {dec}"}},
+                    decoders_run=[dec], **{f"{dec}_acc0": acc0, f"{dec}_ratio_to_trained": acc0 / 0.8,
+                                           f"{dec}_acc_1ep": 0.5, f"{dec}_steps95": 10.0,
+                                           f"{dec}_steps95_ratio": 0.5, f"{dec}_reached95": 1})
+
+    e = entry("tiled", 0, 0.4)
+    h.merge_entry(e, entry("lowrank", 0, 0.2))
+    assert e["tiled_acc0"] == 0.4 and e["lowrank_acc0"] == 0.2
+    assert set(e["ghn"]) == {"tiled", "lowrank"} and e["decoders_run"] == ["lowrank", "tiled"]
+    assert e["rows"][0]["tiled"] == [[0, 0.4]] and e["rows"][0]["lowrank"] == [[0, 0.2]]
+    res = {"config": dict(h.FULL), "datasets": ["digits"], "command": "run lowrank",
+           "predict_init": [e, entry("tiled", 1, 0.6)]}
+    page = "\n".join(h.predict_md(res))
+    assert "**lowrank decoder: 1 of 3 seeds measured**" in page
+    assert "| GHN, tiled decoder | 0,1 | 0.500 ± 0.100 |" in page
+    assert "| digits | tiled | 2 | 0.625 | no |" in page
+    assert "digits tiled seed 0, digits tiled seed 1: `run tiled`" in page
+
+
+def test_drop_removes_superseded_parts_only():
+    h = bench()
+    res = {"curve": {"steps": 1}, "sources": {"curve": "a", "ratio_curve": "b"},
+           "ratio_curve": [{"dataset": "digits", "decoder": "tiled"}, {"dataset": "mnist1d", "decoder": "tiled"}]}
+    h.drop_parts(res, ["curve", "ratio_curve:mnist1d:tiled"])
+    assert "curve" not in res and res["ratio_curve"] == [{"dataset": "digits", "decoder": "tiled"}]
+    h.drop_parts(res, ["ratio_curve:digits:tiled"])
+    assert "ratio_curve" not in res and res["sources"] == {}
+    try:
+        h.drop_parts(res, ["ratio"])
+    except SystemExit as err:
+        assert "ratio" in str(err)
+    else:
+        raise AssertionError("an unknown part must be refused")
