@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "metanet.commands.metanets",
     "metanet.commands.prune",
     "metanet.commands.align",
+    "metanet.commands.quickstart",
 ]
 
 
