@@ -17,6 +17,8 @@ CONFIGS = {
     "tiled-transformer": dict(decoder="tiled", gnn="transformer", hid=32, layers=2, block=8),
     "lowrank-gated": dict(decoder="lowrank", gnn="gated", hid=32, layers=1, max_width=256, rank=4),
     "tiled-gated-identity": dict(decoder="tiled", gnn="gated", hid=32, layers=1, block=8, identity=0.5),
+    "lowrank-tucker-transformer": dict(decoder="lowrank", gnn="transformer", hid=32, layers=1, max_width=256,
+                                       rank=4, lowrank_core="tucker"),
 }
 _BUILT = {}
 
@@ -465,3 +467,23 @@ def test_a_checkpoint_saved_before_the_identity_option_loads_without_it(tmp_path
     for k in pa:
         assert torch.equal(pa[k], pb[k]), k
     assert GHN.from_pretrained(tmp_path, identity=0.5).config["identity"] == 0.5
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 3, 3), (8, 6), (5, 7, 5), (10, 12, 1, 1), (6, 4, 2, 2)])
+def test_lowrank_tucker_core_is_the_sum_over_rank_pairs(shape):
+    """core='tucker': W[o, i, s] = sum_{r, q} A[o, r] C[r, q, s] B[q, i] / r, with the
+    factors' rows and columns cut to the shape and the core's kernel cropped around its
+    centre; core='cp' is another function of the same embedding."""
+    from metanet.hyper.decoders import LowRankDecoder, fit_spatial
+
+    torch.manual_seed(0)
+    dec = LowRankDecoder(16, 64, 4, 5, core="tucker")
+    e = torch.randn(3, 16)
+    t = dec.trunk(e)
+    a = torch.nn.functional.linear(t, dec.a.weight, dec.a.bias).view(3, 64, 4)[:, :shape[0]]
+    b = torch.nn.functional.linear(t, dec.b.weight, dec.b.bias).view(3, 64, 4)[:, :shape[1]].transpose(1, 2)
+    c = fit_spatial(dec.c(t).view(3, 16, 5, 5), tuple(shape[2:])).reshape(3, 4, 4, -1)
+    ref = torch.einsum("gor,grqs,gqi->gois", a, c, b).reshape(3, *shape) / 4
+    torch.testing.assert_close(dec(e, shape), ref)
+    with pytest.raises(ValueError, match="core must be"):
+        LowRankDecoder(16, 64, 4, 5, core="tt")

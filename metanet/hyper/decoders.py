@@ -11,9 +11,14 @@ in one call, and says which shapes it can reach (:meth:`reaches`).
   width ``d`` without copies costs ``d**2`` per hidden unit.
 * :class:`LowRankDecoder` (LoGAH, Zhou et al. 2024): factors ``A [d, r]``,
   ``B [r, d]`` and one spatial kernel per rank ``C [r, K, K]``;
-  ``W[o, i, s] = sum_r A[o, r] B[r, i] C[r, s] / sqrt(r)``. Any width up to ``d`` is
-  predicted without copies, at a cost of ``hid * r * (2 d + K * K)``; wider tensors
-  are out of reach (the GHN leaves them at the model's own initialisation).
+  ``W[o, i, s] = sum_r A[o, r] B[r, i] C[r, s] / sqrt(r)`` (``core="cp"``), or a core
+  ``C [r, r, K, K]`` joining every pair of ranks,
+  ``W[o, i, s] = sum_{r, q} A[o, r] C[r, q, s] B[q, i] / r`` (``core="tucker"``: each
+  kernel position its own rank-r matrix, instead of one shared pair of factors whose
+  rank-one terms differ only by a scalar per position). Any width up to ``d`` is
+  predicted without copies, at a cost of ``hid * r * (2 d + K * K)`` (cp) or
+  ``hid * r * (2 d + r * K * K)`` (tucker); wider tensors are out of reach (the GHN
+  leaves them at the model's own initialisation).
 * :class:`VectorHead` (1-D tensors) and the classifier heads are small decoders of the
   same two kinds.
 """
@@ -89,14 +94,18 @@ class LowRankDecoder(nn.Module):
     """LoGAH low-rank decoder: ``W = A B`` per tensor (with one kernel per rank)."""
 
     def __init__(self, hid: int, max_width: int = 64, rank: int = 16, kernel: int = 3,
-                 max_out: int | None = None, tile_rows: bool = False):
+                 max_out: int | None = None, tile_rows: bool = False, core: str = "cp"):
         super().__init__()
+        if core not in ("cp", "tucker"):
+            raise ValueError(f"core must be 'cp' (one kernel per rank) or 'tucker' (a rank x rank core per "
+                             f"kernel position), got {core!r}")
         self.max_out = max_out or max_width
         self.max_in, self.rank, self.kernel, self.tile_rows = max_width, rank, kernel, tile_rows
+        self.core = core
         self.trunk = nn.Sequential(nn.Linear(hid, hid), nn.GELU())
         self.a = nn.Linear(hid, self.max_out * rank)
         self.b = nn.Linear(hid, rank * self.max_in)
-        self.c = nn.Linear(hid, rank * kernel * kernel)
+        self.c = nn.Linear(hid, rank * (rank if core == "tucker" else 1) * kernel * kernel)
 
     def reaches(self, shape: tuple[int, ...]) -> bool:
         return len(shape) >= 2 and shape[1] <= self.max_in and (self.tile_rows or shape[0] <= self.max_out)
@@ -110,6 +119,13 @@ class LowRankDecoder(nn.Module):
         a = fit_axis(a, 1, shape[0])
         b = F.linear(t, self.b.weight[: shape[1] * r], self.b.bias[: shape[1] * r])
         b = b.view(g, shape[1], r).transpose(1, 2)                 # [g, r, i]
+        if self.core == "tucker":
+            c = fit_spatial(self.c(t).view(g, r * r, self.kernel, self.kernel), tuple(shape[2:]))
+            c = c.reshape(g, r, r, -1)                             # [g, r, q, s]
+            # W[o, i, s] = sum_{r, q} A[o, r] C[r, q, s] B[q, i]
+            ac = torch.einsum("gor,grqs->gosq", a, c).reshape(g, -1, r)
+            w = torch.bmm(ac, b).view(g, shape[0], -1, shape[1]).transpose(2, 3) / r
+            return w.reshape(g, *shape)
         c = fit_spatial(self.c(t).view(g, r, self.kernel, self.kernel), tuple(shape[2:]))
         c = c.reshape(g, r, -1)                                    # [g, r, s]
         s = c.shape[-1]
@@ -119,7 +135,7 @@ class LowRankDecoder(nn.Module):
         return w.reshape(g, *shape)
 
     def extra_repr(self) -> str:
-        return f"max_width={self.max_in}, rank={self.rank}, kernel={self.kernel}"
+        return f"max_width={self.max_in}, rank={self.rank}, kernel={self.kernel}, core={self.core}"
 
 
 class VectorHead(nn.Module):

@@ -125,6 +125,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             sampler draws, 1, 3 and 5, is a centred crop of one block).
         max_width: widest tensor axis the low-rank decoder reaches (and its 1-D head).
         rank: rank of the low-rank decoder.
+        lowrank_core: how the low-rank decoder joins its factors over kernel positions:
+            "cp" (one kernel per rank) or "tucker" (a rank x rank core per kernel position;
+            see :mod:`metanet.hyper.decoders`).
         classifier_rows: rows (classes) the classifier head predicts before repeating.
         residual: MIP's additive output (model's init + learned correction).
         learn_gain: predict each weight tensor's gain ``g`` (else ``g = 1``: GHN-2's fixed
@@ -167,7 +170,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                  kernel: int = 5, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
                  residual: bool = False, positions: bool = True, learn_gain: bool = True,
                  op_features: bool = True, bias_scale: str = "fan_in", weight_norm: str = "filter",
-                 identity: float = 0.8):
+                 identity: float = 0.8, lowrank_core: str = "cp"):
         super().__init__()
         if gnn not in ("gated", "transformer"):
             raise ValueError(f"gnn must be 'gated' (GHN-2) or 'transformer' (GHN-3), got {gnn!r}")
@@ -182,6 +185,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
             raise ValueError(f"identity is the initial weight of the identity in a predicted conv/linear "
                              f"weight, in [0, 1) (0: off), got {identity!r}")
         self.config["identity"] = float(identity)
+        self.config["lowrank_core"] = lowrank_core
         if bias_scale not in ("unit", "fan_in"):
             raise ValueError(f"bias_scale must be 'unit' (tanh(raw)) or 'fan_in' (tanh(raw) / "
                              f"sqrt(fan_in of the op's weight)), got {bias_scale!r}")
@@ -215,7 +219,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                 vector=VectorHead(hid, block, tile=True)))
         else:
             self.decoders = nn.ModuleDict(dict(
-                weight=LowRankDecoder(hid, max_width, rank, kernel),
+                weight=LowRankDecoder(hid, max_width, rank, kernel, core=lowrank_core),
                 classifier=LowRankDecoder(hid, max_width, rank, 1, max_out=classifier_rows,
                                           tile_rows=True),
                 vector=VectorHead(hid, max_width, tile=False)))
