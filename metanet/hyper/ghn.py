@@ -238,6 +238,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         # a checkpoint saved before the identity option existed has no "identity" in its
         # config and was trained without it: it loads without it, whatever the default
         kwargs.setdefault("identity", 0.0)
+        kwargs.setdefault("lowrank_core", "cp")   # likewise: saved before the option, trained as cp
         return super()._from_pretrained(**kwargs)
 
     # -- graph -> node embeddings ----------------------------------------------------------------
