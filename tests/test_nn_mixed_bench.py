@@ -145,3 +145,16 @@ def test_page_and_targets_with_epochs_per_model(bench, monkeypatch, tmp_path):
     control["epochs"] = 30
     lines = [ln for ln in bench.targets_section({"part_runs": {}}) if ln.startswith("| mixed")]
     assert len(lines) == 2 and "StatNN trained longer (30 epochs" in lines[1]
+
+
+def test_fewer_seeds_than_the_target_asks_are_named(bench, monkeypatch, tmp_path):
+    one = [_row("statnn", 0.30, seeds=1), _row("gmn", 0.40, seeds=1)]
+    text = _page(bench, _res([_run("statnn,gmn")], one), tmp_path)
+    assert "target for GMN ≥ +0.08: met on 1 seed(s); the target asks for 3)" in text
+    three = _res([_run("statnn,gmn")], [_row("statnn", 0.30), _row("gmn", 0.32)])
+    full = _res([_run("statnn,gmn")], one)
+    monkeypatch.setattr(bench, "_load_result", lambda name: {"metanet_mixed": three, "metanet_mixed_full": full}.get(name))
+    lines = [ln for ln in bench.targets_section({"part_runs": {}}) if ln.startswith("| mixed")]
+    assert "+0.020 over StatNN" in lines[0] and "| not met in this run" in lines[0] and "asks for 3" not in lines[0]
+    assert lines[1].startswith("| mixed, every training checkpoint") and "+0.100 (1 seed(s)" in lines[1]
+    assert lines[1].endswith("| met on 1 seed(s); the target asks for 3 |")
