@@ -607,8 +607,10 @@ def family_ratios(entry, base):
 def ratio_curve_md(res):
     rc = res["ratio_curve"]
     steps = rc[0]["steps"]
+    which = (f"One GHN ({rc[0]['dataset']}, {rc[0]['decoder']} decoder; " if len(rc) == 1
+             else "One GHN per dataset and decoder (")
     L = ["## Meta-training length: predicted / trained on the test architectures", "",
-         f"One GHN per dataset and decoder ({GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, {GHN_KW['layers']} layers; "
+         f"{which}{GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, {GHN_KW['layers']} layers; "
          f"seed 0; meta-batch 8, one minibatch of 64 per step; 300 training architectures: the first 300 sampler "
          f"seeds whose architecture is none of the test ones; AdamW, peak lr 3e-4, 50 warm-up steps then cosine "
          f"over {steps} steps), meta-trained once. At each listed step its predicted parameters are evaluated with "
@@ -826,8 +828,11 @@ def write_md(res, path, cmd):
          f"Command: `{cmd}` ({res['seconds']:.0f} s on {res['machine']}; torch {res['torch']}"
          + (f"; load average {min(load):.1f} to {max(load):.1f} over the run, from other jobs sharing "
             "the CPUs" if load else "") + "). "
-         "Mean ± standard deviation over seeds; every ratio is against a baseline measured in "
-         "the same run." + (f" Sections {', '.join(res['kept'])} are kept from the JSON of earlier runs"
+         "Mean ± standard deviation over seeds; every ratio is against a baseline "
+         + ("on the same test architectures (the trained baselines, Kaiming init then Adam and independent of "
+            "the GHN, are reused from the run named in each dataset's section)."
+            if any(t.get("command") not in (None, cmd) for t in res.get("trained", []))
+            else "measured in the same run.") + (f" Sections {', '.join(res['kept'])} are kept from the JSON of earlier runs"
                            + "".join(f"; {k}: `{v}`" for k, v in res.get("sources", {}).items())
                            + "." if res.get("kept") else ""), ""]
     for note in res.get("notes", []):   # what changed in the code between the kept sections' runs
