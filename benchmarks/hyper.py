@@ -780,6 +780,24 @@ def predict_md(res):
               + "; meta-training loss (mean of the last 20 steps): "
               + ", ".join(f"{d} {mean_sd([r['ghn'][d]['final_loss'] for r in runs if has(r, d)])}" for d in decs)
               + ".", ""]
+    bases = {t["dataset"]: t for t in res.get("trained", [])}
+    fam = []
+    for ds in res["datasets"]:
+        for dec in DECODERS:
+            rd = [r for r in res["predict_init"] if r["dataset"] == ds and has(r, dec)]
+            if not rd or ds not in bases:
+                continue
+            per_seed = [family_ratios({"points": [{"per_arch": [row[dec][0][1] for row in r["rows"]]}]}, bases[ds])
+                        for r in rd]
+            for k in per_seed[0]:
+                fam.append(f"| {ds} | {dec} | {k} | {per_seed[0][k]['n']} | "
+                           f"{mean_sd([g[k]['acc0'] for g in per_seed])} | {per_seed[0][k]['trained']:.3f} | "
+                           f"{mean_sd([g[k]['ratio'] for g in per_seed])} |")
+    if fam:
+        L += ["Per architecture family and normalisation kind (mean accuracy with no training / mean trained "
+              "accuracy of that group; mean ± sd over the seeds):", "",
+              "| dataset | decoder | group | architectures | accuracy, no training | trained | ratio |",
+              "|---|---|---|---|---|---|---|", *fam, ""]
     by_cmd = {}
     for r in res["predict_init"]:
         for d, g in r["ghn"].items():
