@@ -348,10 +348,17 @@ def report(summary: dict) -> str:
     """The Markdown report of the steps in ``summary`` (finished ones; a failed one says so)."""
     lines = ["# metanet quickstart", "",
              f"Configuration: `{json.dumps(summary.get('config', {}))}`", ""]
-    s = summary.get("steps", {})
+    earlier = summary.get("earlier_steps", {})
+    s = {**earlier, **summary.get("steps", {})}
+
+    def head(name: str, title: str) -> list[str]:
+        if name in summary.get("steps", {}):
+            return [title, ""]
+        return [title, "", "*From an earlier run in this folder (not rerun this time).*", ""]
+
     if "weights" in s:
         w = s["weights"]
-        lines += ["## 1. Weight space of a small ResNet", "",
+        lines += head("weights", "## 1. Weight space of a small ResNet") + [
                   f"{w['parameters']:,} parameters, {w['ops']} ops, {w['groups']} neuron groups "
                   f"({w['groups_with_scaling']} with positive scaling, {w['groups_with_sign_flips']} with sign flips). "
                   f"Every symmetry checked on {w['verify_shapes']} input shapes, largest relative output change: "
@@ -360,12 +367,12 @@ def report(summary: dict) -> str:
                   f"bit: {w['graph_round_trip_exact']}.", ""]
     if "zoo" in s:
         z = s["zoo"]
-        lines += ["## 2. A checkpoint zoo", "",
+        lines += head("zoo", "## 2. A checkpoint zoo") + [
                   f"{z['networks']} small CNNs trained on 8x8 digits, {z['checkpoints']} checkpoints in `{z['path']}` "
                   f"(test accuracy {z['test_acc_min']:.3f} to {z['test_acc_max']:.3f}).", ""]
     if "metanet" in s:
         m = s["metanet"]
-        lines += ["## 3. Predicting accuracy from weights (held-out networks)", "",
+        lines += head("metanet", "## 3. Predicting accuracy from weights (held-out networks)") + [
                   "| model | Kendall tau | R2 | best epoch | train networks/s |", "|---|---:|---:|---:|---:|"]
         for kind, label in (("statnn", "StatNN (per-tensor statistics)"), ("gmn", "GMN (graph metanetwork)")):
             x = m[kind]
@@ -374,7 +381,7 @@ def report(summary: dict) -> str:
         lines += ["", f"GMN predictions against the truth: `{m['plot']}`.", ""]
     if "augment" in s:
         a = s["augment"]
-        lines += ["## 4. Weight-space augmentation and alignment", "",
+        lines += head("augment", "## 4. Weight-space augmentation and alignment") + [
                   f"{a['networks_transformed']} zoo networks ({a['architecture']}), largest relative change of "
                   "their test-set logits: " + ", ".join(f"{k} {_fmt(v, 1) if not isinstance(v, float) else f'{v:.1e}'}"
                                                          for k, v in a["max_rel_output_change"].items())
@@ -383,7 +390,7 @@ def report(summary: dict) -> str:
     if "ghn" in s:
         g = s["ghn"]
         mean = g["mean"]
-        lines += ["## 5. Predicting initial parameters for unseen architectures (GHN)", "",
+        lines += head("ghn", "## 5. Predicting initial parameters for unseen architectures (GHN)") + [
                   f"A GHN meta-trained for {g['meta_steps']} steps on {g['train_archs']} sampled architectures "
                   f"({g['meta_training_s']} s), then used on {g['test_archs']} architectures it never saw:", "",
                   "| initialisation | accuracy, no training | after one epoch |", "|---|---:|---:|",
@@ -393,7 +400,7 @@ def report(summary: dict) -> str:
             lines += [f"Per architecture: `{g['plot']}`.", ""]
     if "prune" in s:
         p = s["prune"]
-        lines += ["## 6. Pruning via a learned metanetwork", "",
+        lines += head("prune", "## 6. Pruning via a learned metanetwork") + [
                   f"Small digits CNNs pruned to {p['target_flop_reduction']:g}x fewer FLOPs, then fine-tuned 30 steps "
                   f"({p['networks']['test']} held-out networks):", "",
                   "| method | accuracy | FLOP reduction |", "|---|---:|---:|"]
@@ -415,6 +422,16 @@ def _save(r: _Run) -> None:
 
 
 # ------------------------------------------------------------------------------------- run
+def _earlier(out: Path) -> dict:
+    """Step results an earlier run left in ``out`` (kept, and marked as earlier, until a
+    step is rerun successfully): a run of some steps, or a failed one, loses none."""
+    try:
+        prev = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {**prev.get("earlier_steps", {}), **prev.get("steps", {})}
+
+
 def run(config: QuickstartConfig = QuickstartConfig(), say: Callable[[str], None] = print) -> dict:
     """Run the steps of ``config`` in order; return the summary (also written to
     ``out/summary.json`` and ``out/report.md`` after every step). A step that fails is
@@ -422,7 +439,8 @@ def run(config: QuickstartConfig = QuickstartConfig(), say: Callable[[str], None
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    r = _Run(config, out, say, {"config": asdict(config), "steps": {}, "failed": {}, "seconds": 0.0})
+    r = _Run(config, out, say, {"config": asdict(config), "steps": {}, "failed": {}, "seconds": 0.0,
+                                "earlier_steps": _earlier(out)})
     needs_zoo = {"metanet", "augment"}
     torch.manual_seed(config.seed)
     for i, name in enumerate(s for s in STEPS if s in config.steps):
@@ -434,6 +452,7 @@ def run(config: QuickstartConfig = QuickstartConfig(), say: Callable[[str], None
         say(f"[{time.perf_counter() - t0:6.1f}s] step {name}: {_TITLES[name]}")
         try:
             r.summary["steps"][name] = _STEP_FUNCS[name](r)
+            r.summary["earlier_steps"].pop(name, None)
         except KeyboardInterrupt:
             r.summary["failed"][name] = "interrupted"
             r.summary["seconds"] = time.perf_counter() - t0

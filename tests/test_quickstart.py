@@ -65,8 +65,13 @@ def test_a_failed_step_keeps_the_others(fast_run, monkeypatch, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == {"weights": "RuntimeError: simulated failure"}
     assert "augment" in summary["steps"] and "weights" not in summary["steps"]
-    assert "Step weights failed" in (out / "report.md").read_text()
-    assert before["groups"] > 0
+    # the earlier run's results stay, marked as earlier: the failed step's and the steps
+    # not rerun (zoo, metanet, ghn, prune); the rerun augment step is this run's
+    assert summary["earlier_steps"]["weights"] == before
+    assert set(summary["earlier_steps"]) == set(qs.STEPS) - {"augment"}
+    text = (out / "report.md").read_text()
+    assert "Step weights failed" in text and "## 6. Pruning" in text
+    assert text.count("From an earlier run") == len(qs.STEPS) - 1
 
 
 def test_bad_options_are_refused(tmp_path, capsys):
