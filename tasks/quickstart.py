@@ -104,8 +104,8 @@ def _weights(r: _Run) -> dict:
     trace_s = time.perf_counter() - t0
     report = ws.verify(model, x, n=3)
     sd = model.state_dict()
-    g = ws.graph(sd)
-    back = ws.state_dict(g)
+    graph = ws.graph(sd)
+    back = ws.state_dict(graph)
     exact = all(torch.equal(back[k], v) for k, v in sd.items() if k in back) and set(ws.weights) <= set(back)
     r.say(ws.summary().splitlines()[0])
     return {"model": "built-in small ResNet (metanet convert --model resnet)", "parameters": ws.num_params,
@@ -113,7 +113,8 @@ def _weights(r: _Run) -> dict:
             "groups_with_scaling": sum(bool(g.scaling) for g in ws.groups),
             "groups_with_sign_flips": sum(bool(g.sign) for g in ws.groups),
             "verify_max_rel_err": {k: float(v) for k, v in report.max_rel_err.items()},
-            "verify_shapes": len(report.shapes), "graph_nodes": int(g.num_nodes), "graph_edges": int(g.num_edges),
+            "verify_shapes": len(report.shapes), "graph_nodes": int(graph.num_nodes),
+            "graph_edges": int(graph.num_edges),
             "graph_round_trip_exact": bool(exact), "trace_s": round(trace_s, 2)}
 
 
@@ -200,7 +201,8 @@ def _augment(r: _Run) -> dict:
     b_aligned = ws.permute(b, perm)
     return {"architecture": kw0[0], "arch_kwargs": kw0[1], "networks_transformed": len(ref),
             "max_rel_output_change": errs,
-            "barrier_before": _barrier(model, ws, a, b, data), "barrier_aligned": _barrier(model, ws, a, b_aligned, data)}
+            "barrier_before": _barrier(model, ws, a, b, data),
+            "barrier_aligned": _barrier(model, ws, a, b_aligned, data)}
 
 
 def _logits(model, sd, data) -> torch.Tensor:
