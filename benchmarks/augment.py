@@ -53,7 +53,7 @@ from metanet.augment import (MixUp, GaussianNoise, MagnitudePrune, Quantize,  # 
                              RandomApply, RandomPermutation, RandomScaling, RandomSignFlip, SirenBiasShift,
                              WeightDropout, INRInputTransform)
 from metanet.space import WeightSpace  # noqa: E402
-from metanet.space.align import align_stack  # noqa: E402
+from metanet.space.align import align_stack, loss_barrier, model_loss  # noqa: E402
 from zoo.data import load_dataset  # noqa: E402
 from zoo.models import create  # noqa: E402
 
@@ -77,28 +77,12 @@ def train(model, data, steps, seed, lr=1e-2):
 
 
 def loss_at(model, sd, data) -> float:
-    m = copy.deepcopy(model)
-    m.load_state_dict(sd)
-    bns = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        if bns:
-            for bn in bns:
-                bn.reset_running_stats()
-                bn.momentum = None
-            m.train()
-            m(data.x_train)
-        m.eval()
-        return float(F.cross_entropy(m(data.x_test), data.y_test))
+    """Test loss with BatchNorm statistics recomputed on the training images."""
+    return model_loss(model, sd, data.x_test, data.y_test, calib=data.x_train)
 
 
 def barrier(model, ws, a, b, data, n=11) -> float:
-    la, lb = loss_at(model, a, data), loss_at(model, b, data)
-    worst = 0.0
-    for i in range(1, n - 1):
-        lam = i / (n - 1)
-        mid = {k: (lam * a[k] + (1 - lam) * b[k]) if k in ws.weights else a[k] for k in a}
-        worst = max(worst, loss_at(model, mid, data) - (lam * la + (1 - lam) * lb))
-    return worst
+    return loss_barrier(ws, model, a, b, data.x_test, data.y_test, calib=data.x_train, n=n)
 
 
 def _rebasin():

@@ -154,16 +154,10 @@ def _metanet(r: _Run) -> dict:
     return out
 
 
-def _loss(model, sd, data) -> float:
-    m = copy.deepcopy(model)
-    m.load_state_dict(sd)
-    with torch.no_grad():
-        return float(F.cross_entropy(m.eval()(data.x_test), data.y_test))
-
-
 def _augment(r: _Run) -> dict:
     """Exact augmentations keep outputs; alignment lowers the loss barrier."""
     from metanet.augment import RandomPermutation, RandomScaling
+    from metanet.space.align import loss_barrier
     from zoo import Zoo
     from zoo.data import load_dataset
 
@@ -197,12 +191,13 @@ def _augment(r: _Run) -> dict:
         errs[T.__name__] = max(float((_logits(model, {k: v[j] for k, v in moved.items()}, data) - ref[j]).norm()
                                      / ref[j].norm()) for j in range(len(ref)))
     a, b = final.state_dict(a_i), final.state_dict(b_i)
-    perm = ws.align(a, b)
-    b_aligned = ws.permute(b, perm)
+    b_aligned = ws.permute(b, ws.align(a, b))
+
+    def barrier(other):
+        return loss_barrier(ws, model, a, other, data.x_test, data.y_test, calib=data.x_train)
+
     return {"architecture": kw0[0], "arch_kwargs": kw0[1], "networks_transformed": len(ref),
-            "max_rel_output_change": errs,
-            "barrier_before": _barrier(model, ws, a, b, data),
-            "barrier_aligned": _barrier(model, ws, a, b_aligned, data)}
+            "max_rel_output_change": errs, "barrier_before": barrier(b), "barrier_aligned": barrier(b_aligned)}
 
 
 def _logits(model, sd, data) -> torch.Tensor:
@@ -210,18 +205,6 @@ def _logits(model, sd, data) -> torch.Tensor:
     m.load_state_dict(sd)
     with torch.no_grad():
         return m.eval()(data.x_test)
-
-
-def _barrier(model, ws, a, b, data, n: int = 11) -> float:
-    """Largest rise of the test loss along the straight line from a to b above the line
-    between the end points' losses."""
-    la, lb = _loss(model, a, data), _loss(model, b, data)
-    worst = 0.0
-    for i in range(1, n - 1):
-        t = i / (n - 1)
-        mid = {k: (t * a[k] + (1 - t) * b[k]) if k in ws.weights and a[k].is_floating_point() else a[k] for k in a}
-        worst = max(worst, _loss(model, mid, data) - (t * la + (1 - t) * lb))
-    return worst
 
 
 def _finetune(model, data, steps: int, seed: int) -> float:

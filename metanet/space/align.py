@@ -27,20 +27,27 @@ Invariant: P is a valid permutation of every group and never worse than the iden
 under the objective (steps are taken only when they improve it), so ``align(sd, sd)``
 is the identity and ``align(sd, permute(sd, p))`` is ``p.inverse()`` whenever the
 neurons are distinguishable (no two neurons with equal weights).
+
+``loss_barrier(ws, model, sd_a, sd_b, x, y)`` measures what alignment is for: the
+largest rise of the loss along the straight line from a to b above the line between
+the end points' losses (BatchNorm statistics recomputed at every point when ``calib``
+inputs are given, as Git Re-Basin does: interpolated statistics are wrong).
 """
 from __future__ import annotations
 
+import copy
 from math import prod
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .weightspace import Permutation, WeightSpace
 
-__all__ = ["align", "align_stack", "permute_tensor"]
+__all__ = ["align", "align_stack", "permute_tensor", "loss_barrier", "model_loss"]
 
 
 # -- sites: where a group sits in a tensor ------------------------------------------------------------
@@ -280,3 +287,38 @@ def _add_activations(problem: _Problem, ws: WeightSpace, model: nn.Module, input
             xs.append(x.T.unsqueeze(0))    # [1, channels, samples]
         problem.add(f"activation:{path}", xs[0], xs[1], [s, ((),)])
     return covered
+
+
+@torch.no_grad()
+def model_loss(model: nn.Module, state_dict: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
+               calib: torch.Tensor | None = None) -> float:
+    """Cross-entropy of ``model`` with ``state_dict`` loaded (a copy; ``model`` is not
+    changed) on ``(x, y)`` in eval mode; with ``calib``, BatchNorm running statistics are
+    first recomputed on those inputs (one train-mode pass, cumulative average)."""
+    m = copy.deepcopy(model)
+    m.load_state_dict(state_dict)
+    bns = [b for b in m.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]
+    if calib is not None and bns:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        m.train()
+        m(calib)
+    m.eval()
+    return float(F.cross_entropy(m(x), y))
+
+
+def loss_barrier(ws: WeightSpace, model: nn.Module, sd_a: Mapping[str, torch.Tensor],
+                 sd_b: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
+                 calib: torch.Tensor | None = None, n: int = 11) -> float:
+    """max over t in (0, 1) of loss(t a + (1 - t) b) - (t loss(a) + (1 - t) loss(b)), on
+    ``n - 2`` evenly spaced inner points; the weights of ``ws`` (floating point) are
+    interpolated, everything else is a's. See :func:`model_loss` for ``calib``."""
+    la, lb = model_loss(model, sd_a, x, y, calib=calib), model_loss(model, sd_b, x, y, calib=calib)
+    worst = 0.0
+    for i in range(1, n - 1):
+        t = i / (n - 1)
+        mid = {k: t * v + (1 - t) * sd_b[k] if k in ws.weights and v.is_floating_point() else v
+               for k, v in sd_a.items()}
+        worst = max(worst, model_loss(model, mid, x, y, calib=calib) - (t * la + (1 - t) * lb))
+    return worst
