@@ -228,6 +228,7 @@ def _ghn(r: _Run) -> dict:
     from metanet.hyper import GHN
     from tasks.predict_init import PredictInitConfig, accuracy, build_arch, load_data, sample_archs
     from tasks.predict_init import run as meta_train
+    from zoo.models import arch_key
 
     sizes = r.cfg.sizes()
     n_archs = 100
@@ -239,11 +240,11 @@ def _ghn(r: _Run) -> dict:
     res = meta_train(cfg)
     ghn = GHN.from_pretrained(res.last_dir).eval()
     data = load_data("digits")
-    seen = {json.dumps(a, sort_keys=True) for a in sample_archs("digits", range(n_archs))}
+    seen = {arch_key(*a) for a in sample_archs("digits", range(n_archs))}
     tests, s = [], GHN_TEST_SEED0
     while len(tests) < sizes["ghn_test_archs"]:
         arch = sample_archs("digits", [s])[0]
-        if json.dumps(arch, sort_keys=True) not in seen:
+        if arch_key(*arch) not in seen:
             tests.append((s, arch))
         s += 1
     epoch = math.ceil(len(data.y_train) / 64)
