@@ -2,12 +2,13 @@
 and value; the kept slots of a mixed batch gathered once) equal those of the direct way:
 an argsort by value, a stable argsort by segment, the padding masked out of flattened
 copies. Exactly, not to rounding."""
+import pytest
 import torch
 
 from metanet.graph import collate
 from metanet.nn import StatNN
 from metanet.nn.inputs import GraphInput
-from metanet.nn.statnn import _QUANTILES, _STRUCT, role_depth_groups, segment_stats
+from metanet.nn.statnn import _QUANTILES, _STRUCT, role_depth_groups, segment_stats, standardise
 from test_nn import space, stack
 
 
@@ -85,3 +86,37 @@ def test_statnn_features_equal_the_direct_way_on_mixed_and_plain_batches():
     plain = ws.graphs(stack("small_cnn", n=4), "compact")   # one architecture: no padding mask
     assert GraphInput.of(plain).valid() is None
     assert torch.equal(net.features(plain), reference_features(plain))
+
+
+def test_statnn_clip_bounds_a_rare_group(tmp_path):
+    """A (role, depth) group that one training network in many has gets a tiny deviation; a
+    test network of that kind reaches the MLP at thousands of deviations unclipped, and
+    StatNN's default clip keeps it at the clip. Checkpoints saved before the option load
+    unclipped."""
+    import json
+
+    ws_cnn, _ = space("small_cnn")
+    ws_gpt, _ = space("gpt")
+    train = collate(ws_cnn.graphs(stack("small_cnn", n=40, seed=0), "compact").to_data_list()
+                    + ws_gpt.graphs(stack("gpt", n=1, seed=1), "compact").to_data_list())
+    test = ws_gpt.graphs(stack("gpt", n=2, seed=2), "compact")
+    for clip, bound in ((None, 1e3), (10.0, 10.0)):
+        net = StatNN(hidden=16, clip=clip).fit_normalization([train])
+        z = standardise(net.features(test), net.feat_mean, net.feat_std, net.clip)
+        if clip is None:
+            assert z.abs().max() > 1e1   # the rare groups, far outside what the MLP saw
+        else:
+            assert z.abs().max() <= bound
+    net = StatNN(hidden=16).fit_normalization([train])
+    assert net.clip == 10.0
+    net.save_pretrained(tmp_path / "new")
+    assert StatNN.from_pretrained(tmp_path / "new").clip == 10.0
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    del cfg["clip"]                                    # as saved before the option existed
+    (tmp_path / "new" / "config.json").write_text(json.dumps(cfg))
+    old = StatNN.from_pretrained(tmp_path / "new")
+    assert old.clip is None
+    z_old = standardise(old.features(test), old.feat_mean, old.feat_std)
+    assert torch.equal(old(test), old.net(z_old))
+    with pytest.raises(ValueError, match="clip"):
+        StatNN(clip=0)

@@ -101,13 +101,17 @@ def fit_standardisation(mean: Tensor, std: Tensor, feats: Tensor) -> None:
     std.copy_(feats.std(0).nan_to_num(1.0).clamp(min=STD_FLOOR))
 
 
-def standardise(feats: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+def standardise(feats: Tensor, mean: Tensor, std: Tensor, clip: float | None = None) -> Tensor:
     """``(feats - mean) / std``, with 0 for the features that were constant on the training
     split (``std`` at :data:`STD_FLOOR`): one architecture's zoo has constant statistics
     (per-group counts, empty groups), and a network of another architecture would move them
     by a count's difference divided by the floor, reaching the MLP at ~1e6, while the MLP
-    never learned from them."""
-    return torch.where(std > STD_FLOOR, (feats - mean) / std, torch.zeros_like(feats))
+    never learned from them. ``clip``: values limited to [-clip, clip]. A feature that is
+    nearly always zero on the training split (a (role, depth) group that few of its
+    architectures have) has a tiny deviation, and a network of a rarer architecture would
+    reach the MLP at hundreds or thousands of deviations, far from anything it learned."""
+    z = torch.where(std > STD_FLOOR, (feats - mean) / std, torch.zeros_like(feats))
+    return z if clip is None else z.clamp(-clip, clip)
 
 
 class StatNN(nn.Module, PyTorchModelHubMixin):
@@ -115,22 +119,33 @@ class StatNN(nn.Module, PyTorchModelHubMixin):
 
     Args:
         by: "role_depth" (any architecture) or "tensor" (one architecture: ``num_tensors``
-        tensors); bins: depth bins; hidden, out_dim: MLP sizes.
+        tensors); bins: depth bins; hidden, out_dim: MLP sizes; clip: the standardised
+        statistics are limited to [-clip, clip] training deviations (None: not limited; see
+        :func:`standardise`).
     """
 
     def __init__(self, by: str = "role_depth", bins: int = 8, num_tensors: int = 0, hidden: int = 64,
-                 out_dim: int = 1):
+                 out_dim: int = 1, clip: float | None = 10.0):
         super().__init__()
         if by not in ("role_depth", "tensor"):
             raise ValueError(f"by must be 'role_depth' or 'tensor', got {by!r}")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be a positive number of deviations or None, got {clip!r}")
         if by == "tensor" and num_tensors < 1:
             raise ValueError("by='tensor' needs num_tensors (len(ws.weights))")
-        self.by, self.bins, self.num_tensors = by, bins, num_tensors
+        self.by, self.bins, self.num_tensors, self.clip = by, bins, num_tensors, clip
         self.groups = len(ROLES) * bins if by == "role_depth" else num_tensors
         dim = self.groups * NUM_STATS
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
         self.net = mlp([dim, hidden, hidden, out_dim], act=nn.ReLU)
+
+    @classmethod
+    def _from_pretrained(cls, **kwargs):
+        # a checkpoint saved before the clip option has no "clip" in its config and was
+        # trained unclipped: it loads unclipped, whatever the default
+        kwargs.setdefault("clip", None)
+        return super()._from_pretrained(**kwargs)
 
     def features(self, graphs) -> Tensor:
         """The statistics of every graph: [B, groups * NUM_STATS]."""
@@ -149,4 +164,4 @@ class StatNN(nn.Module, PyTorchModelHubMixin):
         return self
 
     def forward(self, graphs) -> Tensor:
-        return self.net(standardise(self.features(graphs), self.feat_mean, self.feat_std))
+        return self.net(standardise(self.features(graphs), self.feat_mean, self.feat_std, self.clip))
