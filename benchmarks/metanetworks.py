@@ -632,6 +632,55 @@ def _same_run(res: dict, part: str, models) -> tuple[int, dict] | None:
     return None
 
 
+ONE_COMMAND_BUDGET_S = 45 * 60   # issue 15: the whole page from one command in about 45 minutes
+
+
+def time_section(res: dict) -> list[str]:
+    """What the one command's parts cost on this machine: for each part, the training
+    seconds (summed over seeds) of its default models as measured in the runs these pages
+    read (metanet.json; the mixed part from metanet_mixed_full.json, else
+    metanet_mixed.json; INR from metanet_inr.json), against the issue's 45-minute budget.
+    A default model that no run measured is named, and the total is then a lower bound."""
+    parts = [("accuracy", res, ("statnn", "gmn", "nfn_public", "nfn", "ngt", "gmn_canonical")),
+             ("unseen", res, UNSEEN_MODELS)]
+    full = _load_result("metanet_mixed_full")
+    parts.append(("mixed", full if full and full.get("mixed") else _load_result("metanet_mixed") or {},
+                  MIXED_MODELS))
+    parts.append(("inr", _load_result("metanet_inr") or {}, ("statnn", "nfn", "nfn_public", "gmn",
+                                                                "gmn_canonical", "ngt")))
+    L = ["## Time of the one command", "",
+         "Training seconds of each part's default models, summed over seeds, as measured in the runs "
+         "these pages read (one torch thread, load averages as stated there); the settings are those "
+         "runs' (seeds, epochs, training cap), not the script's defaults.", "",
+         "| part | from | seeds | epochs | models measured | seconds | default models not measured |",
+         "|---|---|---:|---|---|---:|---|"]
+    total, missing = 0.0, []
+    for part, src, models in parts:
+        rows = {r["model"]: r for r in src.get(part) or [] if isinstance(r, dict)}
+        have = [m for m in models if m in rows and rows[m].get("seconds")]
+        lack = [m for m in models if m not in have]
+        secs = sum(rows[m]["seconds"] for m in have)
+        total += secs
+        missing += lack
+        runs = src.get("part_runs", {}).get(part, [])
+        eps = sorted({rows[m].get("epochs", runs[run_of(runs, m)].get("epochs") if run_of(runs, m) is not None
+                                  else src.get("epochs")) for m in have}, key=str)
+        seeds = sorted({len(rows[m].get("taus") or rows[m].get("accs") or []) or src.get("seeds") for m in have},
+                       key=str)
+        name = "metanet_mixed_full" if src is full else {"mixed": "metanet_mixed", "inr": "metanet_inr"}.get(
+            part, "metanet")
+        L.append(f"| {part} | {name}.json | {', '.join(map(str, seeds))} | {', '.join(map(str, eps))} | "
+                 f"{', '.join(have) or '-'} | {secs:.0f} | {', '.join(lack) or '-'} |")
+    L += ["", f"In all {total / 60:.0f} min of training"
+          + (f" without {', '.join(sorted(set(missing)))} where not measured (a lower bound)" if missing else "")
+          + f", against the issue's budget of about {ONE_COMMAND_BUDGET_S // 60} min for the whole page: "
+          + ("met." if total <= ONE_COMMAND_BUDGET_S and not missing else
+             f"not met ({total / ONE_COMMAND_BUDGET_S:.1f}× the budget"
+             + (" at least" if missing else "") + "). `--quick` is the run that fits minutes: small zoos, "
+             "1 seed, 1 epoch, numbers that mean nothing."), ""]
+    return L
+
+
 def targets_section(res: dict) -> list[str]:
     """Issue 15's targets against what benchmarks/results/metanet*.json hold: one row per
     target with the measured value, the command that measured it, met or not. Margins are
@@ -897,7 +946,7 @@ def write_markdown(res: dict, path: Path) -> None:
              "gmn_pna_hybrid_sum": "GMN, PNA readout + StatNN (hybrid: outputs summed)",
              "gmn_rnorm": "GMN, readout_norm='batch'", "ngt_rnorm": "NGT, readout_norm='batch'"}
     if path.stem == "metanet":
-        L += targets_section(res)
+        L += targets_section(res) + time_section(res)
     if res.get("accuracy"):
         L += [f"## Accuracy prediction ({res['accuracy_zoo']}, every saved step, test split)", "",
               setting("accuracy"), ""] + regression_table(res["accuracy"], names, "accuracy")

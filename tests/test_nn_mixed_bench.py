@@ -158,3 +158,26 @@ def test_fewer_seeds_than_the_target_asks_are_named(bench, monkeypatch, tmp_path
     assert "+0.020 over StatNN" in lines[0] and "| not met in this run" in lines[0] and "asks for 3" not in lines[0]
     assert lines[1].startswith("| mixed, every training checkpoint") and "+0.100 (1 seed(s)" in lines[1]
     assert lines[1].endswith("| met on 1 seed(s); the target asks for 3 |")
+
+
+def test_time_section_sums_parts_and_names_what_was_not_measured(bench, monkeypatch):
+    """The one command's time: each part's default models' seconds from the runs the pages
+    read; a default model no run measured makes the total a lower bound."""
+    acc = [{"model": m, "tau": [0.5, 0.0], "taus": [0.5] * 3, "seconds": 100.0}
+           for m in ("statnn", "gmn", "nfn_public", "nfn", "ngt", "gmn_canonical")]
+    res = {"accuracy": acc, "unseen": [{"model": "gmn", "seconds": 50.0}, {"model": "ngt", "seconds": 50.0}],
+           "seeds": 3, "epochs": 4, "part_runs": {}}
+    files = {"metanet_mixed_full": _res([_run("statnn,gmn")], [_row("statnn", 0.4), _row("gmn", 0.5)]),
+             "metanet_inr": {"inr": [{"model": "gmn", "accs": [0.5] * 3, "seconds": 40.0}], "seeds": 3,
+                             "epochs": 6}}
+    monkeypatch.setattr(bench, "_load_result", lambda name: files.get(name))
+    text = "\n".join(bench.time_section(res))
+    assert "| accuracy | metanet.json | 3 | 4 | statnn, gmn, nfn_public, nfn, ngt, gmn_canonical | 600 | - |" in text
+    assert "| mixed | metanet_mixed_full.json | 3 | 3 | statnn, gmn | 120 | ngt |" in text
+    assert "statnn, nfn, nfn_public, gmn_canonical, ngt |" in text           # INR models not measured
+    assert "14 min of training without" in text and "lower bound" in text and "met." not in text
+    files["metanet_mixed_full"]["mixed"].append(_row("ngt", 0.5))
+    files["metanet_inr"]["inr"] = [{"model": m, "accs": [0.5] * 3, "seconds": 10.0}
+                                   for m in ("statnn", "nfn", "nfn_public", "gmn", "gmn_canonical", "ngt")]
+    text = "\n".join(bench.time_section(res))
+    assert "lower bound" not in text and "budget of about 45 min for the whole page: met." in text
