@@ -15,7 +15,8 @@ from metanet.trace.export import _default_kwargs, tensor_leaves
 NAMES = sorted(archs.ARCHS)
 CONFIGS = {
     "tiled-transformer": dict(decoder="tiled", gnn="transformer", hid=32, layers=2, block=8),
-    "lowrank-gated": dict(decoder="lowrank", gnn="gated", hid=32, layers=1, max_width=256, rank=4),
+    "lowrank-gated": dict(decoder="lowrank", gnn="gated", hid=32, layers=1, max_width=256, rank=4,
+                          lowrank_core="cp"),
     "tiled-gated-identity": dict(decoder="tiled", gnn="gated", hid=32, layers=1, block=8, identity=0.5),
     "lowrank-tucker-transformer": dict(decoder="lowrank", gnn="transformer", hid=32, layers=1, max_width=256,
                                        rank=4, lowrank_core="tucker"),
@@ -467,6 +468,31 @@ def test_a_checkpoint_saved_before_the_identity_option_loads_without_it(tmp_path
     for k in pa:
         assert torch.equal(pa[k], pb[k]), k
     assert GHN.from_pretrained(tmp_path, identity=0.5).config["identity"] == 0.5
+
+
+def test_a_checkpoint_saved_before_the_lowrank_core_option_loads_as_cp(tmp_path):
+    """config.json without "lowrank_core" (low-rank checkpoints of sessions before 8, all
+    trained with the CP core): the loaded GHN has a CP decoder whatever the default is, and
+    predicts exactly what the saved one did; the default itself is now tucker."""
+    import json
+
+    assert GHN(decoder="lowrank", hid=16, layers=1).decoders["weight"].core == "tucker"
+    torch.manual_seed(0)
+    ghn = GHN(decoder="lowrank", hid=16, layers=1, max_width=32, rank=4, lowrank_core="cp").eval()
+    ghn.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("lowrank_core")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    back = GHN.from_pretrained(tmp_path).eval()
+    assert back.config["lowrank_core"] == "cp" and back.decoders["weight"].core == "cp"
+    model, x = build("resnet_basic")
+    with torch.no_grad():
+        pa, pb = ghn.predict(model, x), back.predict(model, x)
+    assert set(pa) == set(pb) and len(pa) > 0
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    with pytest.raises(RuntimeError):   # loading it as tucker would not fit the saved tensors
+        GHN.from_pretrained(tmp_path, lowrank_core="tucker")
 
 
 @pytest.mark.parametrize("shape", [(8, 6, 3, 3), (8, 6), (5, 7, 5), (10, 12, 1, 1), (6, 4, 2, 2)])

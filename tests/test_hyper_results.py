@@ -80,3 +80,41 @@ def test_drop_removes_superseded_parts_only():
         assert "ratio" in str(err)
     else:
         raise AssertionError("an unknown part must be refused")
+
+
+def test_each_decoder_keeps_its_results_while_its_own_setup_is_unchanged():
+    """--keep: a decoder's results stay when its setup equals this run's for that decoder,
+    whatever the other decoders' setups; entries stored with one setup for all decoders
+    (before session 8) are split per decoder."""
+    import copy
+
+    h = bench()
+    common = {k: h.FULL[k] for k in ("ghn_steps", "meta_batch", "ghn_lr", "n_archs", "test_exclude", "n_test",
+                                     "n_finetune")}
+    old_setup = dict(common, ghn=h.GHN_KW, ghn_extra={},
+                     decoders={"tiled": h.DECODERS["tiled"],
+                               "lowrank": {"decoder": "lowrank", "max_width": 64, "rank": 16}})   # cp, no core key
+    e = {"dataset": "digits", "seed": 0, "trained_acc": 0.8, "decoders_run": ["lowrank", "tiled"], "setup": old_setup,
+         "tiled_acc0": 0.4, "lowrank_acc0": 0.2, "ghn": {"tiled": {"command": "a"}, "lowrank": {"command": "b"}},
+         "rows": [{"finetuned": True, "tiled": [[0, 0.4]], "tiled_unpredicted": 0, "lowrank": [[0, 0.2]],
+                   "lowrank_unpredicted": 0}]}
+    other = dict(copy.deepcopy(e), seed=1, setup=dict(old_setup, ghn_steps=200))
+    before = copy.deepcopy([e, other])
+    kept = h.kept_entries([e, other], h.FULL, {})
+    assert [e, other] == before                                    # the old results are not modified
+    assert len(kept) == 1 and kept[0]["seed"] == 0 and kept[0]["decoders_run"] == ["tiled"]
+    k = kept[0]
+    assert k["tiled_acc0"] == 0.4 and k["ghn"] == {"tiled": {"command": "a"}} and "lowrank_acc0" not in k
+    assert k["rows"] == [{"finetuned": True, "tiled": [[0, 0.4]], "tiled_unpredicted": 0}]
+    assert k["setups"] == {"tiled": h.setup_of(h.FULL, {}, "tiled")} and "setup" not in k
+    # stored per decoder, the entry is kept as it is; another GHN option drops every decoder
+    assert h.kept_entries(kept, h.FULL, {}) == kept
+    assert h.kept_entries(kept, h.FULL, {"identity": 0.9}) == []
+    # a new low-rank run merges into it without touching the tiled part
+    new = {"dataset": "digits", "seed": 0, "trained_acc": 0.8, "decoders_run": ["lowrank"], "command": "c",
+           "setups": {"lowrank": h.setup_of(h.FULL, {}, "lowrank")}, "lowrank_acc0": 0.3,
+           "ghn": {"lowrank": {"command": "c"}}, "rows": [{"lowrank": [[0, 0.3]], "lowrank_unpredicted": 0}]}
+    h.merge_entry(k, new)
+    assert k["tiled_acc0"] == 0.4 and k["lowrank_acc0"] == 0.3 and set(k["setups"]) == {"tiled", "lowrank"}
+    assert k["rows"][0]["tiled"] == [[0, 0.4]] and k["rows"][0]["lowrank"] == [[0, 0.3]]
+    assert h.kept_entries([k], h.FULL, {}) == [k]

@@ -127,7 +127,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
         rank: rank of the low-rank decoder.
         lowrank_core: how the low-rank decoder joins its factors over kernel positions:
             "cp" (one kernel per rank) or "tucker" (a rank x rank core per kernel position;
-            see :mod:`metanet.hyper.decoders`).
+            see :mod:`metanet.hyper.decoders`). Default "tucker" since session 8 (the 3-seed
+            main table of benchmarks/hyper.md); a checkpoint saved before the option
+            existed loads as "cp", the core it was trained with.
         classifier_rows: rows (classes) the classifier head predicts before repeating.
         residual: MIP's additive output (model's init + learned correction).
         learn_gain: predict each weight tensor's gain ``g`` (else ``g = 1``: GHN-2's fixed
@@ -170,7 +172,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="metanet",
                  kernel: int = 5, max_width: int = 64, rank: int = 16, classifier_rows: int = 16,
                  residual: bool = False, positions: bool = True, learn_gain: bool = True,
                  op_features: bool = True, bias_scale: str = "fan_in", weight_norm: str = "filter",
-                 identity: float = 0.8, lowrank_core: str = "cp"):
+                 identity: float = 0.8, lowrank_core: str = "tucker"):
         super().__init__()
         if gnn not in ("gated", "transformer"):
             raise ValueError(f"gnn must be 'gated' (GHN-2) or 'transformer' (GHN-3), got {gnn!r}")
