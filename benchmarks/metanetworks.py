@@ -820,8 +820,8 @@ def mixed_section(res: dict, names: dict, setting, regression_table) -> list[str
          + "; every saved step, test split)", ""]
     newer = _load_result("metanet_mixed")
     if res.get("mixed") and newer and newer.get("mixed") and newer.get("command") != res.get("command"):
-        L += [f"Another run, kept for the record; the mixed-zoo run that the targets table of benchmarks/metanet.md "
-              f"reads ({newer.get('mixed_networks')} networks) is on benchmarks/metanet_mixed.md.", ""]
+        L += [f"Another run on this zoo, `{newer.get('command')}`, is on benchmarks/metanet_mixed.md; the targets "
+              f"table of benchmarks/metanet.md shows both.", ""]
     if res.get("mixed"):
         L += [setting("mixed"), ""] + regression_table(res["mixed"], names, "mixed") + [""]
         by = {r["model"]: r for r in res["mixed"]}
@@ -1019,11 +1019,13 @@ def write_markdown(res: dict, path: Path) -> None:
               "less the resident set just before them (gradients, optimizer state and activations).", ""]
     for note in res.get("notes", []):
         L += [note, ""]
-    L += ["Scale/sign-aware GMN: canonical forms under the scaling and sign-flip groups of each batch's weight "
-          "space. A batch holds networks of one set of groups: the ReLU and tanh CNNs of digits_cnn share a graph "
-          "but go in separate batches (before that fix a batch was canonicalised by its first network's groups; "
-          "the digits-CNN row then read 0.372 ± 0.170).",
-          ""]
+    if any(r.get("model") == "gmn_canonical" for part in ("accuracy", "mixed", "unseen", "inr")
+           for r in res.get(part) or [] if isinstance(r, dict)):
+        L += ["Scale/sign-aware GMN: canonical forms under the scaling and sign-flip groups of each batch's weight "
+              "space. A batch holds networks of one set of groups: the ReLU and tanh CNNs of digits_cnn share a graph "
+              "but go in separate batches (before that fix a batch was canonicalised by its first network's groups; "
+              "the digits-CNN row then read 0.372 ± 0.170).",
+              ""]
     path.write_text("\n".join(L))
 
 
