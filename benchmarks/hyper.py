@@ -762,63 +762,74 @@ def ratio_curve_md(res):
 
 
 def screen_md(res):
-    sc = res["screen"]
-    base = next(t for t in res["trained"] if t["dataset"] == "digits")
-    lr0 = res["config"]["ghn_lr"]
+    sc = sorted(res["screen"], key=lambda e: e["steps"])
+    bases = {t["dataset"]: t for t in res["trained"]}
+    gbs = {t["dataset"]: t for t in res.get("trained_train", [])}
+    ds_of = lambda e: e.get("dataset", "digits")
     steps = sorted({e["steps"] for e in sc})
-    L = ["## Screening a design change (digits, tiled decoder, equal steps)", "",
+    fr_of = {id(e): family_ratios(e, bases[ds_of(e)]) for e in sc}
+    keys = list(dict.fromkeys(k for e in sc for k in fr_of[id(e)]))
+    keys = [k for k in keys if k.startswith("family")] + [k for k in keys if not k.startswith("family")]
+    L = ["## Screening a design change (equal steps)", "",
          f"The ratio-curve setup above, {' or '.join(map(str, steps))} meta-training steps per variant (column "
-         f"'steps'; cosine over that many steps), seed 0, the same 300 training and {len(base['rows'])} test "
-         "architectures; one run per variant. Compare rows of equal steps only.", "",
-         "| variant | GHN options | steps | peak lr | accuracy, no training | predicted / trained | "
-         + " | ".join(k for k in family_ratios(sc[0], base)) + " | training loss (last 50 steps) | s per meta-step |",
-         "|---|---|---|---|---|---|" + "---|" * len(family_ratios(sc[0], base)) + "---|---|"]
-    for e in sorted(sc, key=lambda e: e["steps"]):
-        fr = family_ratios(e, base)
+         f"'steps'; cosine over that many steps), seed 0, the same 300 training and "
+         f"{len(next(iter(bases.values()))['rows'])} test architectures of the row's dataset; one run per variant. "
+         "Compare rows of equal steps, dataset and decoder only.", "",
+         "| variant | dataset | decoder | GHN options | steps | peak lr | accuracy, no training | predicted / trained | "
+         + " | ".join(keys) + " | training loss (last 50 steps) | s per meta-step |",
+         "|---|---|---|---|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
+    for e in sc:
+        fr = fr_of[id(e)]
         pt = e["points"][-1]
-        L.append(f"| {e['variant']} | {e['ghn_extra'] or '-'} | {e['steps']} | {e.get('lr', 3e-4):g} | "
-                 f"{pt['acc0']:.3f} | {pt['ratio']:.3f} | "
-                 + " | ".join(f"{v['ratio']:.3f}" for v in fr.values())
+        L.append(f"| {e['variant']} | {ds_of(e)} | {e.get('decoder', 'tiled')} | {e['ghn_extra'] or '-'} | "
+                 f"{e['steps']} | {e.get('lr', 3e-4):g} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
+                 + " | ".join(f"{fr[k]['ratio']:.3f}" if k in fr else "-" for k in keys)
                  + f" | {pt.get('loss', float('nan')):.3f} | {e['seconds_per_step']:.2f} |")
     by_cmd = {}
     for e in sc:
         src = e.get("command") or res.get("sources", {}).get("screen") or res["command"]
-        by_cmd.setdefault(src, []).append(e["variant"])
+        by_cmd.setdefault(src, []).append(f"{e['variant']} ({ds_of(e)}, {e.get('decoder', 'tiled')})")
     L += ["", "Group columns: mean accuracy with no training / mean trained accuracy of that group "
-          "(family: the sampler's architecture family; norm: its normalisation kind).", ""]
-    # a screen row with the main table's setup (its steps and lr, no GHN option) is the main table's
-    # tiled seed-0 run again: the two should agree
-    main = next((r for r in res.get("predict_init", []) if r["dataset"] == "digits" and r["seed"] == 0
-                 and "tiled_acc0" in r), None)
-    msu = entry_setups(main).get("tiled") if main else None
+          "(family: the sampler's architecture family; norm: its normalisation kind; '-': none in that "
+          "dataset's test set).", ""]
+    # a screen row with the main table's setup (its steps, lr and decoder options, no GHN option) is that
+    # decoder's seed-0 main-table run again: the two should agree
     for e in sc:
+        dec = e.get("decoder", "tiled")
+        main = next((r for r in res.get("predict_init", []) if r["dataset"] == ds_of(e) and r["seed"] == 0
+                     and f"{dec}_acc0" in r), None)
+        msu = entry_setups(main).get(dec) if main else None
+        opts = e.get("decoder_opts", DECODERS["tiled"] if dec == "tiled" else None)
         if msu and not e["ghn_extra"] and not msu["ghn_extra"] and e["steps"] == msu["ghn_steps"] \
-                and e.get("lr", 3e-4) == msu["ghn_lr"] and e.get("seed", 0) == 0:
-            d = e["points"][-1]["ratio"] - main["tiled_ratio_to_trained"]
-            L += [f"Reproduction: '{e['variant']}' is the main table's setup (digits, tiled, seed 0, {e['steps']} "
+                and e.get("lr", 3e-4) == msu["ghn_lr"] and e.get("seed", 0) == 0 and opts == msu["decoder"]:
+            d = e["points"][-1]["ratio"] - main[f"{dec}_ratio_to_trained"]
+            L += [f"Reproduction: '{e['variant']}' is the main table's setup ({ds_of(e)}, {dec}, seed 0, {e['steps']} "
                   f"steps, lr {e.get('lr', 3e-4):g}): predicted / trained {e['points'][-1]['ratio']:.3f} here, "
-                  f"{main['tiled_ratio_to_trained']:.3f} in the main table ({d:+.3f}).", ""]
-    gap = [e for e in sc if e.get("train_archs")]
-    gb = next((t for t in res.get("trained_train", []) if t["dataset"] == "digits"), None)
-    if gap and gb:
-        fam_keys = sorted({k for e in gap for k in family_ratios({"points": [{"per_arch": e["train_archs"]["per_arch"]}]},
-                                                                 gb) if k.startswith("family")})
-        L += ["## Generalisation gap: training against test architectures (digits, tiled, seed 0)", "",
-              f"Each screen row's GHN at its last step, evaluated with no training on {gb['which']} (sampler seeds "
-              f"{gb['sampler_seeds'][0]}..{gb['sampler_seeds'][-1]} less those of test architectures; every one "
-              f"was in the meta-training pool) against their own trained baseline (same recipe as the test "
-              f"architectures': Kaiming-normal, then Adam for {gb['epochs']} epochs; mean trained accuracy "
-              f"{gb['trained_acc']:.3f}; {gb['seconds']:.0f} s; measured by `{gb.get('command', res['command'])}`), "
-              f"and on the {len(base['rows'])} unseen test architectures (mean trained {base['trained_acc']:.3f}). "
-              "Predicted / trained: mean accuracy with no training / mean trained accuracy.", "",
-              "| variant | steps | peak lr | test: accuracy, no training | test: predicted / trained | training archs: "
-              "accuracy, no training | training archs: predicted / trained | training minus test | "
+                  f"{main[f'{dec}_ratio_to_trained']:.3f} in the main table ({d:+.3f}).", ""]
+    gap = [e for e in sc if e.get("train_archs") and ds_of(e) in gbs]
+    if gap:
+        fr_tr = {id(e): family_ratios({"points": [{"per_arch": e["train_archs"]["per_arch"]}]}, gbs[ds_of(e)])
+                 for e in gap}
+        fam_keys = sorted({k for e in gap for k in fr_tr[id(e)] if k.startswith("family")})
+        L += ["## Generalisation gap: training against test architectures (seed 0)", ""]
+        for ds in dict.fromkeys(ds_of(e) for e in gap):
+            gb = gbs[ds]
+            L += [f"{ds}: each screen row's GHN at its last step, evaluated with no training on {gb['which']} "
+                  f"(sampler seeds {gb['sampler_seeds'][0]} to {gb['sampler_seeds'][-1]}, skipping any whose "
+                  "architecture is a test one; every one was in the meta-training pool) against their own trained "
+                  f"baseline (the test architectures' recipe: Kaiming-normal, then Adam for {gb['epochs']} epochs; "
+                  f"mean trained accuracy {gb['trained_acc']:.3f}; {gb['seconds']:.0f} s; measured by "
+                  f"`{gb.get('command', res['command'])}`), and on the {len(bases[ds]['rows'])} unseen test "
+                  f"architectures (mean trained {bases[ds]['trained_acc']:.3f}). Predicted / trained: mean "
+                  "accuracy with no training / mean trained accuracy.", ""]
+        L += ["| variant | dataset | decoder | steps | peak lr | test: accuracy, no training | test: predicted / trained "
+              "| training archs: accuracy, no training | training archs: predicted / trained | training minus test | "
               + " | ".join(f"training archs: {k}" for k in fam_keys) + " |",
-              "|---|---|---|---|---|---|---|---|" + "---|" * len(fam_keys)]
-        for e in sorted(gap, key=lambda e: e["steps"]):
-            t, pt = e["train_archs"], e["points"][-1]
-            fr = family_ratios({"points": [{"per_arch": t["per_arch"]}]}, gb)
-            L.append(f"| {e['variant']} | {e['steps']} | {e.get('lr', 3e-4):g} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
+              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(fam_keys)]
+        for e in gap:
+            t, pt, fr = e["train_archs"], e["points"][-1], fr_tr[id(e)]
+            L.append(f"| {e['variant']} | {ds_of(e)} | {e.get('decoder', 'tiled')} | {e['steps']} | "
+                     f"{e.get('lr', 3e-4):g} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
                      f"{t['acc0']:.3f} | {t['ratio']:.3f} | {t['ratio'] - pt['ratio']:+.3f} | "
                      + " | ".join(f"{fr[k]['ratio']:.3f} ({fr[k]['n']})" if k in fr else "-" for k in fam_keys) + " |")
         L += ["", "Family columns: predicted / trained within that family on the training architectures "
@@ -1163,6 +1174,10 @@ def main(argv=None):
                     help="main table: GHN options on top of the defaults, e.g. '{\"identity\": 0.9}'")
     ap.add_argument("--screen-variants", nargs="+", default=None, choices=list(SCREEN), metavar="NAME",
                     help="with --screen: only these variants of SCREEN (default: all)")
+    ap.add_argument("--screen-dataset", default="digits", choices=["digits", "mnist1d"],
+                    help="with --screen: the dataset (default digits)")
+    ap.add_argument("--screen-decoder", default="tiled", choices=list(DECODERS),
+                    help="with --screen: the decoder (default tiled)")
     ap.add_argument("--gap", type=int, default=0, metavar="N",
                     help="with --screen: also evaluate each variant's GHN on the first N of its training "
                          "architectures against their own trained accuracy (baseline trained once, kept in the JSON)")
@@ -1301,29 +1316,32 @@ def main(argv=None):
         res["screen"] = [dict(e, command=e.get("command") or old.get("sources", {}).get("screen")
                               or old.get("command"))
                          for e in (old.get("screen", []) if args.keep and out_json.exists() else [])
-                         if e["variant"] not in variants]
-        base = next((t for t in res["trained"] if t["dataset"] == "digits"), None)
+                         if (e["variant"], e.get("dataset", "digits"), e.get("decoder", "tiled"))
+                         not in {(v, args.screen_dataset, args.screen_decoder) for v in variants}]
+        sds, sdec = args.screen_dataset, args.screen_decoder
+        base = next((t for t in res["trained"] if t["dataset"] == sds), None)
         if base is None:
-            base = trained_section("digits", cfg)
+            base = trained_section(sds, cfg)
             res["trained"].append(base)
+        old_gaps = old.get("trained_train", []) if args.keep and out_json.exists() else []
         gap = None
         if args.gap:
-            old_gap = next((t for t in (old.get("trained_train", []) if args.keep and out_json.exists() else [])
-                            if t["dataset"] == "digits"), None)
-            gap = gap_baseline("digits", cfg, base, args.gap, old_gap)
+            old_gap = next((t for t in old_gaps if t["dataset"] == sds), None)
+            gap = gap_baseline(sds, cfg, base, args.gap, old_gap)
             if gap is not old_gap:
                 gap["command"] = cmd
-            log(f"digits: {gap['which']}: trained {gap['trained_acc']:.3f} ({gap['seconds']:.0f} s"
+            log(f"{sds}: {gap['which']}: trained {gap['trained_acc']:.3f} ({gap['seconds']:.0f} s"
                 + (", reused" if gap is old_gap else "") + ")")
-            res["trained_train"] = [gap]
+            res["trained_train"] = [t for t in old_gaps if t["dataset"] != sds] + [gap]
             save()
         with tempfile.TemporaryDirectory() as tmp:
             for name in variants:
                 opts = dict(SCREEN[name])
                 lr = opts.pop("lr", cfg["ghn_lr"])
                 res["screen"].append(dict(ratio_curve_section(
-                    "digits", "tiled", args.screen, [args.screen], cfg, base, Path(tmp) / name.replace(" ", "_"),
-                    ghn_extra=opts, finetune=False, lr=lr, gap_base=gap), variant=name, command=cmd))
+                    sds, sdec, args.screen, [args.screen], cfg, base, Path(tmp) / name.replace(" ", "_"),
+                    ghn_extra=opts, finetune=False, lr=lr, gap_base=gap), variant=name, command=cmd,
+                    decoder_opts=DECODERS[sdec]))
                 save()
     elif args.keep and out_json.exists() and old.get("screen"):
         res["screen"] = old["screen"]

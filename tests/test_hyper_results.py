@@ -118,3 +118,37 @@ def test_each_decoder_keeps_its_results_while_its_own_setup_is_unchanged():
     assert k["tiled_acc0"] == 0.4 and k["lowrank_acc0"] == 0.3 and set(k["setups"]) == {"tiled", "lowrank"}
     assert k["rows"][0]["tiled"] == [[0, 0.4]] and k["rows"][0]["lowrank"] == [[0, 0.3]]
     assert h.kept_entries([k], h.FULL, {}) == [k]
+
+
+def test_screen_page_names_steps_lr_and_the_training_architecture_gap():
+    """A screen row states its dataset, decoder, steps and peak lr; a row with the main
+    table's setup is checked against the main table's seed-0 run; a row evaluated on
+    training architectures gets its gap (training minus test) from its own numbers."""
+    h = bench()
+    rows = [{"arch": "cnn", "kwargs": {"norm": "batch"}, "kaiming": [[0, 0.1], [10, 0.8]]},
+            {"arch": "tiny_resnet", "kwargs": {}, "kaiming": [[0, 0.1], [10, 0.6]]}]
+    base = {"dataset": "digits", "trained_acc": 0.7, "rows": rows}
+    gb = dict(base, trained_acc=0.9, rows=[dict(rows[0], kaiming=[[0, 0.1], [10, 1.0]]), rows[1]],
+              sampler_seeds=[0, 1], epochs=15, seconds=1.0, which="the first 2 of the 300 training architectures",
+              command="gap cmd")
+    su = h.setup_of(h.FULL, {}, "tiled")
+    main = {"dataset": "digits", "seed": 0, "tiled_acc0": 0.35, "tiled_ratio_to_trained": 0.5,
+            "setups": {"tiled": su}, "decoders_run": ["tiled"]}
+
+    def row(variant, lr, acc):
+        return {"variant": variant, "dataset": "digits", "decoder": "tiled", "ghn_extra": {}, "seed": 0,
+                "steps": su["ghn_steps"], "lr": lr, "decoder_opts": h.DECODERS["tiled"], "seconds_per_step": 0.5,
+                "points": [{"step": su["ghn_steps"], "acc0": acc, "ratio": acc / 0.7, "per_arch": [acc, acc],
+                            "loss": 1.0}], "command": "screen cmd"}
+
+    fast = dict(row("meta lr 1e-3", 1e-3, 0.56), train_archs={"n": 2, "acc0": 0.72, "ratio": 0.85,
+                                                             "per_arch": [0.9, 0.54]})
+    res = {"config": dict(h.FULL), "command": "x", "trained": [base], "trained_train": [gb],
+           "predict_init": [main], "screen": [row("meta lr 3e-4 (default)", 3e-4, 0.35), fast]}
+    page = "\n".join(h.screen_md(res))
+    assert "| meta lr 1e-3 | digits | tiled | - | 1000 | 0.001 | 0.560 | 0.800 |" in page
+    assert "predicted / trained 0.500 here, 0.500 in the main table (+0.000)" in page
+    assert page.count("Reproduction:") == 1                         # lr 1e-3 is not the main table's setup
+    # training archs 0.850 against test 0.800: gap +0.050; cnn 0.9 / 1.0 on the training archs
+    assert "| meta lr 1e-3 | digits | tiled | 1000 | 0.001 | 0.560 | 0.800 | 0.720 | 0.850 | +0.050 | 0.900 (1) |" in page
+    assert "`gap cmd`" in page
