@@ -236,7 +236,9 @@ def _ghn(r: _Run) -> dict:
                             meta_batch=sizes["ghn_meta_batch"], n_archs=n_archs, val_archs=sizes["ghn_val_archs"],
                             eval_every=max(1, sizes["ghn_steps"]),
                             ckpt_every=max(1, min(100, sizes["ghn_steps"])), seed=r.cfg.seed,
-                            progress=r.cfg.progress)
+                            progress=r.cfg.progress,
+                            resume=False)   # each run of the step meta-trains anew: a GHN left in the folder
+                                            # by an earlier version (other defaults) must not fail the step
     res = meta_train(cfg)
     ghn = GHN.from_pretrained(res.last_dir).eval()
     data = load_data("digits")

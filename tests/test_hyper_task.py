@@ -42,6 +42,18 @@ def test_resume_refuses_another_config(tmp_path):
     other = dict(TINY, ghn=dict(TINY["ghn"], hid=8))
     with pytest.raises(ValueError, match="no-resume"):
         run(PredictInitConfig(out=str(tmp_path), **other))
+    # the same GHN on another schedule (learning rate, steps) does not resume silently either
+    with pytest.raises(ValueError, match=r"lr 0\.003, now 0\.001.*no-resume"):
+        run(PredictInitConfig(out=str(tmp_path), lr=1e-3, **TINY))
+    with pytest.raises(ValueError, match="steps 4, now 6"):
+        run(PredictInitConfig(out=str(tmp_path), **dict(TINY, steps=6)))
+    # a state saved before the run's settings were recorded resumes as before
+    st = tmp_path / "last" / "state.json"
+    state = json.loads(st.read_text())
+    assert state["run"]["lr"] == PredictInitConfig.lr
+    del state["run"]
+    st.write_text(json.dumps(state))
+    assert [h["step"] for h in run(PredictInitConfig(out=str(tmp_path), lr=1e-3, **TINY)).history] == [1, 2, 3, 4]
 
 
 def test_validation_architectures_are_not_training_ones():

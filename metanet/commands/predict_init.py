@@ -30,8 +30,8 @@ def register_train(kinds) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--meta-batch", type=int, default=8, help="architectures per step (default 8)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4,
-                   help="peak learning rate (default 3e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: tasks.predict_init.PredictInitConfig's, 3e-3)")
     p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (default 50)")
     p.add_argument("--n-archs", type=int, default=300, help="training architectures (default 300)")
     p.add_argument("--val-archs", type=int, default=16)
@@ -86,7 +86,8 @@ def run_train(args) -> int:
     try:   # the config checks its values (steps, meta-batch, ... at least 1): an error line, not a traceback
         cfg = PredictInitConfig(
             dataset=args.dataset, data_root=args.data_root, out=args.out, steps=args.steps,
-            meta_batch=args.meta_batch, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+            meta_batch=args.meta_batch, batch_size=args.batch_size, warmup=args.warmup,
+            **({} if args.lr is None else {"lr": args.lr}),
             n_archs=args.n_archs, val_archs=args.val_archs, eval_every=args.eval_every,
             ckpt_every=args.ckpt_every, seed=args.seed, resume=not args.no_resume, progress=not args.quiet,
             ghn=dict(gnn=args.gnn, decoder=args.decoder, hid=args.hid, layers=args.layers, **ghn))
