@@ -433,14 +433,14 @@ def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0,
             return
         t1 = time.time()
         ghn.eval()
-        acc = []
-        for m in models:
+
+        def predicted_acc(ms):   # test accuracy of each model with the GHN's parameters, no training
             with torch.no_grad():
-                acc.append(accuracy(m, ghn.predict(m), data.x_test, data.y_test, calib))
-        acc = np.array(acc)
+                return np.array([accuracy(m, ghn.predict(m), data.x_test, data.y_test, calib) for m in ms])
+
+        acc = predicted_acc(models)
         if gap_models and done == steps:
-            with torch.no_grad():
-                gacc = np.array([accuracy(m, ghn.predict(m), data.x_test, data.y_test, calib) for m in gap_models])
+            gacc = predicted_acc(gap_models)
             out["train_archs"] = dict(n=len(gap_models), sampler_seeds=gap_base["sampler_seeds"],
                                       acc0=float(gacc.mean()), trained_acc=float(gap_trained.mean()),
                                       ratio=float(gacc.mean() / gap_trained.mean()),

@@ -641,13 +641,13 @@ def time_section(res: dict) -> list[str]:
     read (metanet.json; the mixed part from metanet_mixed_full.json, else
     metanet_mixed.json; INR from metanet_inr.json), against the issue's 45-minute budget.
     A default model that no run measured is named, and the total is then a lower bound."""
-    parts = [("accuracy", res, ("statnn", "gmn", "nfn_public", "nfn", "ngt", "gmn_canonical")),
-             ("unseen", res, UNSEEN_MODELS)]
     full = _load_result("metanet_mixed_full")
-    parts.append(("mixed", full if full and full.get("mixed") else _load_result("metanet_mixed") or {},
-                  MIXED_MODELS))
-    parts.append(("inr", _load_result("metanet_inr") or {}, ("statnn", "nfn", "nfn_public", "gmn",
-                                                                "gmn_canonical", "ngt")))
+    mixed = "metanet_mixed_full" if full and full.get("mixed") else "metanet_mixed"
+    parts = [("accuracy", "metanet", res, ("statnn", "gmn", "nfn_public", "nfn", "ngt", "gmn_canonical")),
+             ("unseen", "metanet", res, UNSEEN_MODELS),
+             ("mixed", mixed, full if mixed == "metanet_mixed_full" else _load_result(mixed) or {}, MIXED_MODELS),
+             ("inr", "metanet_inr", _load_result("metanet_inr") or {},
+              ("statnn", "nfn", "nfn_public", "gmn", "gmn_canonical", "ngt"))]
     L = ["## Time of the one command", "",
          "Training seconds of each part's default models, summed over seeds, as measured in the runs "
          "these pages read (one torch thread, load averages as stated there); the settings are those "
@@ -655,7 +655,7 @@ def time_section(res: dict) -> list[str]:
          "| part | from | seeds | epochs | models measured | seconds | default models not measured |",
          "|---|---|---:|---|---|---:|---|"]
     total, missing = 0.0, []
-    for part, src, models in parts:
+    for part, name, src, models in parts:
         rows = {r["model"]: r for r in src.get(part) or [] if isinstance(r, dict)}
         have = [m for m in models if m in rows and rows[m].get("seconds")]
         lack = [m for m in models if m not in have]
@@ -663,12 +663,14 @@ def time_section(res: dict) -> list[str]:
         total += secs
         missing += lack
         runs = src.get("part_runs", {}).get(part, [])
-        eps = sorted({rows[m].get("epochs", runs[run_of(runs, m)].get("epochs") if run_of(runs, m) is not None
-                                  else src.get("epochs")) for m in have}, key=str)
+
+        def epochs(m):   # the row's own, else the epochs of the command that trained it
+            i = run_of(runs, m)
+            return rows[m].get("epochs", src.get("epochs") if i is None else runs[i].get("epochs"))
+
+        eps = sorted({epochs(m) for m in have}, key=str)
         seeds = sorted({len(rows[m].get("taus") or rows[m].get("accs") or []) or src.get("seeds") for m in have},
                        key=str)
-        name = "metanet_mixed_full" if src is full else {"mixed": "metanet_mixed", "inr": "metanet_inr"}.get(
-            part, "metanet")
         L.append(f"| {part} | {name}.json | {', '.join(map(str, seeds))} | {', '.join(map(str, eps))} | "
                  f"{', '.join(have) or '-'} | {secs:.0f} | {', '.join(lack) or '-'} |")
     L += ["", f"In all {total / 60:.0f} min of training"
