@@ -181,3 +181,26 @@ def test_time_section_sums_parts_and_names_what_was_not_measured(bench, monkeypa
                                    for m in ("statnn", "nfn", "nfn_public", "gmn", "gmn_canonical", "ngt")]
     text = "\n".join(bench.time_section(res))
     assert "lower bound" not in text and "budget of about 45 min for the whole page: met." in text
+
+
+def test_a_second_full_data_page_adds_its_own_rows(bench, monkeypatch, tmp_path):
+    """Every page run on all training checkpoints (FULL_MIXED_PAGES) gets its own targets row,
+    its margin read inside its own command; NGT's row says the target names GMN. The time
+    section takes each default model from the first page that measured it."""
+    gmn_page = _res([_run("statnn,gmn")], [_row("statnn", 0.40), _row("gmn", 0.46)])
+    ngt_page = _res([_run("statnn,ngt", fast=False)], [{**_row("statnn", 0.41), "seconds": 999.0},
+                                                       {**_row("ngt", 0.50), "seconds": 300.0}])
+    capped = _res([_run("statnn,gmn")], [_row("statnn", 0.30), _row("gmn", 0.32)])
+    files = {"metanet_mixed": capped, "metanet_mixed_full": gmn_page, "metanet_mixed_ngt": ngt_page}
+    monkeypatch.setattr(bench, "_load_result", lambda name: files.get(name))
+    lines = [ln for ln in bench.targets_section({"part_runs": {}}) if ln.startswith("| mixed, every")]
+    assert len(lines) == 2
+    assert "(metanet_mixed_full.md) |" in lines[0] and "+0.060" in lines[0] and lines[0].endswith("| not met |")
+    assert "(metanet_mixed_ngt.md): NGT, the target names GMN" in lines[1] and "+0.090" in lines[1]
+    assert lines[1].endswith("| met at its bar (not the target) |")
+    text = "\n".join(bench.time_section({"part_runs": {}}))
+    # StatNN from the first page (60 s), not the second's (999 s); NGT from the second
+    assert "| mixed | metanet_mixed_full.json, metanet_mixed_ngt.json | 3 | 3 | statnn, gmn, ngt | 420 | - |" in text
+    page = _page(bench, ngt_page, tmp_path)
+    assert "NGT − StatNN: +0.090 τ (3 seed(s), the same command; the target names GMN; NGT at its bar of +0.08: met)" \
+        in page
