@@ -173,3 +173,35 @@ def test_statistics_constant_on_the_training_zoo_read_as_zero_elsewhere():
     path = WeightStats(8).double().fit([GraphInput.of(g)])
     torch.testing.assert_close(path(GraphInput.of(other)), z)
     assert torch.isfinite(stat(other)).all() and stat(other).abs().max() < 1e3
+
+
+def test_hybrid_statistics_clip_bounds_a_rare_group(tmp_path):
+    """As StatNN's: a (role, depth) group that one training network in many has gets a tiny
+    deviation, and a test network of that kind reaches the readout at many deviations
+    unclipped; the hybrid's default clip keeps it at 10. A checkpoint saved before the
+    option (no key in its config) loads unclipped, as it was trained."""
+    import json
+
+    ws_cnn, _ = space("small_cnn")
+    ws_gpt, _ = space("gpt")
+    train = collate(ws_cnn.graphs(stack("small_cnn", n=40, seed=0), "compact").to_data_list()
+                    + ws_gpt.graphs(stack("gpt", n=1, seed=1), "compact").to_data_list())
+    test = GraphInput.of(ws_gpt.graphs(stack("gpt", n=2, seed=2), "compact"))
+    W = int(train.edge_attr.shape[1])
+    unclipped = WeightStats(8).fit([GraphInput.of(train)])
+    assert unclipped(test).abs().max() > 10          # the rare groups, far outside what was seen
+    torch.manual_seed(0)
+    net = GMN(in_width=W, hidden=8, layers=1, weight_stats_bins=8, weight_stats_fusion="sum")
+    net.fit_normalization([train])
+    assert net.weight_stats.clip == 10.0 and net.weight_stats(test).abs().max() <= 10.0
+    torch.testing.assert_close(net.weight_stats(test), unclipped(test).clamp(-10, 10))
+    net.eval().save_pretrained(tmp_path / "new")
+    assert GMN.from_pretrained(tmp_path / "new").weight_stats.clip == 10.0
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    del cfg["weight_stats_clip"]                     # as saved before the option existed
+    (tmp_path / "new" / "config.json").write_text(json.dumps(cfg))
+    old = GMN.from_pretrained(tmp_path / "new")
+    assert old.weight_stats.clip is None
+    torch.testing.assert_close(old.weight_stats(test), unclipped(test))
+    with pytest.raises(ValueError, match="weight_stats_clip"):
+        GMN(weight_stats_bins=4, weight_stats_clip=0)

@@ -130,11 +130,12 @@ class WeightStats(nn.Module):
     weight values per (tensor role, depth bin), standardised with their mean and
     deviation on a training split (buffers, saved with the model): :class:`GMN`'s
     statistics path. A function of the multiset of values of each tensor, so invariant
-    under every permutation of neurons."""
+    under every permutation of neurons. ``clip``: standardised values limited to
+    [-clip, clip] training deviations, as StatNN's (None: not limited)."""
 
-    def __init__(self, bins: int):
+    def __init__(self, bins: int, clip: float | None = None):
         super().__init__()
-        self.bins = bins
+        self.bins, self.clip = bins, clip
         dim = NUM_ROLES * bins * NUM_STATS
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
@@ -148,7 +149,7 @@ class WeightStats(nn.Module):
         return self
 
     def forward(self, g: GraphInput) -> Tensor:
-        return standardise(self.features(g), self.feat_mean, self.feat_std)
+        return standardise(self.features(g), self.feat_mean, self.feat_std, self.clip)
 
 
 class GMN(GraphMetanet, PyTorchModelHubMixin):
@@ -187,6 +188,12 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
         weight_stats_fusion: how the hybrid reads them: "concat" (beside the pooled
             features, into the readout MLP) or "sum" (StatNN's own MLP on them, its output
             added to the readout's: the message passing learns a correction to StatNN).
+        weight_stats_clip: the hybrid's standardised statistics are limited to
+            [-clip, clip] training deviations, as :class:`~metanet.nn.StatNN`'s ``clip``
+            (a (role, depth) group that few training architectures have gets a tiny
+            deviation; on a mixed zoo a network of a rarer kind then reaches the readout
+            at thousands of deviations); None: not limited. Checkpoints saved before the
+            option load unclipped, as they were trained.
         readout_norm: "batch" standardises the pooled readout features across the networks
             of a batch (:class:`~metanet.nn.base.ReadoutNorm`: batch statistics in
             training, running statistics in eval); None (the default) reads them as
@@ -201,7 +208,8 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
                  edge_out: int | None = None, node_out: int = 1, aggr: str = "mean",
                  canonical: str | None = None, value_scales: tuple[float, ...] = (1.0, 10.0, 100.0),
                  readout_bins: int = 4, readout: str = "mean", weight_stats_bins: int = 0,
-                 weight_stats_fusion: str = "concat", readout_norm: str | None = None, fast: bool = False):
+                 weight_stats_fusion: str = "concat", readout_norm: str | None = None, fast: bool = False,
+                 weight_stats_clip: float | None = 10.0):
         super().__init__()
         check_sizes("GMN", in_width=in_width, hidden=hidden, out_dim=out_dim, edge_out=edge_out, node_out=node_out)
         check_sizes("GMN", 0, layers=layers, readout_bins=readout_bins)
@@ -215,12 +223,15 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
             raise ValueError(f"weight_stats_bins must be >= 0, got {weight_stats_bins}")
         if weight_stats_fusion not in ("concat", "sum"):
             raise ValueError(f"weight_stats_fusion must be 'concat' or 'sum', got {weight_stats_fusion!r}")
+        if weight_stats_clip is not None and not weight_stats_clip > 0:
+            raise ValueError(f"weight_stats_clip must be a positive number of deviations or None, "
+                             f"got {weight_stats_clip!r}")
         self.canonical = canonical
         aggr = aggr if isinstance(aggr, str) else tuple(aggr)
         self._build(nn.ModuleList(GMNLayer(hidden, aggr, fast) for _ in range(layers)), in_width, hidden,
                     out_dim, edge_out, node_out, tuple(value_scales), readout_bins, readout_norm)
         self.readout_kind = readout
-        self.weight_stats = WeightStats(weight_stats_bins) if weight_stats_bins else None
+        self.weight_stats = WeightStats(weight_stats_bins, weight_stats_clip) if weight_stats_bins else None
         self.stats_fusion = weight_stats_fusion
         concat = weight_stats_bins and weight_stats_fusion == "concat"
         if readout != "mean" or concat:   # a wider readout (the default is built by _build)
@@ -235,6 +246,13 @@ class GMN(GraphMetanet, PyTorchModelHubMixin):
         if weight_stats_bins and weight_stats_fusion == "sum":   # StatNN's MLP (as build_model sizes it)
             h = max(hidden, 32)
             self.stats_head = mlp([NUM_ROLES * weight_stats_bins * NUM_STATS, h, h, out_dim], act=nn.ReLU)
+
+    @classmethod
+    def _from_pretrained(cls, **kwargs):
+        # a checkpoint saved before weight_stats_clip has no such key in its config and was
+        # trained unclipped: it loads unclipped, whatever the default
+        kwargs.setdefault("weight_stats_clip", None)
+        return super()._from_pretrained(**kwargs)
 
     def _canonical(self, graphs):
         if self.canonical is None:
