@@ -55,16 +55,25 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tasks.predict_init import PredictInitConfig  # noqa: E402
+
+# the main table meta-trains at the library's default peak learning rate (session 9: 3e-3; the
+# main table ran at 3e-4 until session 8), read from the config so the two cannot drift apart
+META_LR = PredictInitConfig.lr
+# screen rows, ratio curves and validation curves stored without their "lr" ran at 3e-4, this benchmark's
+# peak meta-learning rate until session 8
+LEGACY_LR = 3e-4
+
 # session 7: the main table with the ratio curve's setup (meta-batch 8, 300 training architectures;
 # earlier runs: 200 steps, meta-batch 4, 100 architectures). test_exclude fixes the test set as in
 # every earlier run (the first n_test sampler seeds from TEST_SEED0 whose architecture is none of
 # sampler seeds 0..99), so the trained baseline in the JSON stays valid; the training pool is the
 # first n_archs sampler seeds whose architecture is none of the test ones.
-FULL = dict(seeds=3, ghn_steps=1000, meta_batch=8, ghn_lr=3e-4, n_archs=300, test_exclude=100, n_test=50,
+FULL = dict(seeds=3, ghn_steps=1000, meta_batch=8, ghn_lr=META_LR, n_archs=300, test_exclude=100, n_test=50,
             n_finetune=8,
             train_epochs={"digits": 15, "mnist1d": 15},
             mip_steps=300, widths=[64, 128, 256, 512, 1024, 2048, 4096])
-QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, ghn_lr=3e-4, n_archs=4, test_exclude=4, n_test=3, n_finetune=2,
+QUICK = dict(seeds=1, ghn_steps=6, meta_batch=2, ghn_lr=META_LR, n_archs=4, test_exclude=4, n_test=3, n_finetune=2,
              train_epochs={"digits": 2, "mnist1d": 1},
              mip_steps=20, widths=[64, 4096])
 GHN_KW = dict(gnn="transformer", hid=64, layers=2)
@@ -82,13 +91,24 @@ TEST_SEED0 = 2_000_000
 # --keep the rows not rerun stay, each naming the command that measured it)
 # session 8: the meta-training learning rate at the main table's length (--screen 1000): a variant's
 # "lr" is the peak meta-learning rate (not a GHN option; default: the main table's ghn_lr)
+# session 9: the main table's ghn_lr became 3e-3 (META_LR), so the 3e-4 row is no longer "(default)"
 SCREEN = {"session-5 default (no identity prior)": {"identity": 0.0},
           "identity 0.5": {"identity": 0.5},
           "identity 0.8 (default since session 6)": {"identity": 0.8},
           "identity 0.9": {"identity": 0.9},
-          "meta lr 3e-4 (default)": {"lr": 3e-4},
+          "meta lr 3e-4 (default until session 8)": {"lr": 3e-4},
           "meta lr 1e-3": {"lr": 1e-3},
           "meta lr 3e-3": {"lr": 3e-3}}
+# variants renamed since they were measured: the old name (as in the commands stored with their rows)
+# -> the current one; --screen-variants accepts either, stored rows are shown with the current name
+RENAMED = {"meta lr 3e-4 (default)": "meta lr 3e-4 (default until session 8)"}
+
+
+def relabel(res):
+    """Stored screen rows under their variant's current name (RENAMED), in place."""
+    for e in res.get("screen", []):
+        e["variant"] = RENAMED.get(e["variant"], e["variant"])
+    return res
 
 
 def log(*a):
@@ -364,16 +384,17 @@ def predict_init_section(dataset, seed, cfg, workdir, base, decoders=tuple(DECOD
 
 def curve_section(steps, workdir):
     """Validation accuracy of predicted parameters against meta-training steps: one GHN
-    (digits, tiled decoder, seed 0; meta-batch 8, 300 training architectures) evaluated
+    (digits, tiled decoder, seed 0; meta-batch 8, 300 training architectures; the main
+    table's peak lr) evaluated
     every steps/8 steps on 16 validation architectures (sampler seeds from 1,000,000)."""
     from tasks.predict_init import PredictInitConfig, run
 
     t0 = time.time()
     res = run(PredictInitConfig(
         dataset="digits", out=str(workdir / "curve"), steps=steps, meta_batch=8, n_archs=300,
-        val_archs=16, eval_every=max(1, steps // 8), ckpt_every=steps, seed=0, resume=False,
+        val_archs=16, eval_every=max(1, steps // 8), ckpt_every=steps, seed=0, resume=False, lr=META_LR,
         progress=False, ghn=dict(GHN_KW, **DECODERS["tiled"])))
-    return dict(steps=steps, seconds=round(time.time() - t0, 1),
+    return dict(steps=steps, seconds=round(time.time() - t0, 1), lr=META_LR,
                 val=[(h["step"], h["val_acc"]) for h in res.history if "val_acc" in h],
                 loss=[(h["step"], float(np.mean([g["loss"] for g in res.history[max(0, h["step"] - 50):h["step"]]])))
                       for h in res.history if "val_acc" in h])
@@ -399,7 +420,7 @@ def finetune_rows(ghn, data, base, n_finetune):
 
 
 def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0, on_point=None,
-                        ghn_extra=None, finetune=True, lr=3e-4, gap_base=None):
+                        ghn_extra=None, finetune=True, lr=None, gap_base=None):
     """One GHN (``dec`` decoder, meta-batch 8, 300 training architectures, cosine over
     ``steps``) meta-trained once; at each step of ``points`` the accuracy of its
     predicted parameters with no training on every test architecture of ``base`` (the
@@ -407,12 +428,14 @@ def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0,
     from it on the first ``n_finetune`` of them against Kaiming. The training pool is
     the first 300 sampler seeds whose architecture is none of the test ones.
     ``ghn_extra``: GHN options on top of the decoder's (for screening a design change);
-    ``finetune=False`` skips the fine-tuning; ``lr``: the peak meta-learning rate;
+    ``finetune=False`` skips the fine-tuning; ``lr``: the peak meta-learning rate (default:
+    ``cfg["ghn_lr"]``, the main table's);
     ``gap_base`` (:func:`gap_baseline`): at the last point, the same evaluation on those
     training architectures against their own trained accuracy."""
     from tasks.predict_init import PredictInitConfig, accuracy, build_arch, run
     from zoo.data import load_dataset
 
+    lr = cfg["ghn_lr"] if lr is None else lr
     data = load_dataset(dataset)
     calib = data.x_train[:512]
     train_seeds, skipped = train_pool(dataset, base, 300)
@@ -697,10 +720,11 @@ def ratio_curve_md(res):
     steps = rc[0]["steps"]
     which = (f"One GHN ({rc[0]['dataset']}, {rc[0]['decoder']} decoder; " if len(rc) == 1
              else "One GHN per dataset and decoder (")
+    lrs = " or ".join(dict.fromkeys(f"{e.get('lr', LEGACY_LR):g}" for e in rc))
     L = ["## Meta-training length: predicted / trained on the test architectures", "",
          f"{which}{GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, {GHN_KW['layers']} layers; "
          f"seed 0; meta-batch 8, one minibatch of 64 per step; 300 training architectures: the first 300 sampler "
-         f"seeds whose architecture is none of the test ones; AdamW, peak lr 3e-4, 50 warm-up steps then cosine "
+         f"seeds whose architecture is none of the test ones; AdamW, peak lr {lrs}, 50 warm-up steps then cosine "
          f"over {steps} steps), meta-trained once. At each listed step its predicted parameters are evaluated with "
          f"no training on the same {len(res['trained'][0]['rows'])} unseen test architectures as the main table, "
          "against their trained accuracy "
@@ -782,7 +806,7 @@ def screen_md(res):
         fr = fr_of[id(e)]
         pt = e["points"][-1]
         L.append(f"| {e['variant']} | {ds_of(e)} | {e.get('decoder', 'tiled')} | {e['ghn_extra'] or '-'} | "
-                 f"{e['steps']} | {e.get('lr', 3e-4):g} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
+                 f"{e['steps']} | {e.get('lr', LEGACY_LR):g} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
                  + " | ".join(f"{fr[k]['ratio']:.3f}" if k in fr else "-" for k in keys)
                  + f" | {pt.get('loss', float('nan')):.3f} | {e['seconds_per_step']:.2f} |")
     by_cmd = {}
@@ -801,10 +825,10 @@ def screen_md(res):
         msu = entry_setups(main).get(dec) if main else None
         opts = e.get("decoder_opts", DECODERS["tiled"] if dec == "tiled" else None)
         if msu and not e["ghn_extra"] and not msu["ghn_extra"] and e["steps"] == msu["ghn_steps"] \
-                and e.get("lr", 3e-4) == msu["ghn_lr"] and e.get("seed", 0) == 0 and opts == msu["decoder"]:
+                and e.get("lr", LEGACY_LR) == msu["ghn_lr"] and e.get("seed", 0) == 0 and opts == msu["decoder"]:
             d = e["points"][-1]["ratio"] - main[f"{dec}_ratio_to_trained"]
             L += [f"Reproduction: '{e['variant']}' is the main table's setup ({ds_of(e)}, {dec}, seed 0, {e['steps']} "
-                  f"steps, lr {e.get('lr', 3e-4):g}): predicted / trained {e['points'][-1]['ratio']:.3f} here, "
+                  f"steps, lr {e.get('lr', LEGACY_LR):g}): predicted / trained {e['points'][-1]['ratio']:.3f} here, "
                   f"{main[f'{dec}_ratio_to_trained']:.3f} in the main table ({d:+.3f}).", ""]
     gap = [e for e in sc if e.get("train_archs") and ds_of(e) in gbs]
     if gap:
@@ -829,7 +853,7 @@ def screen_md(res):
         for e in gap:
             t, pt, fr = e["train_archs"], e["points"][-1], fr_tr[id(e)]
             L.append(f"| {e['variant']} | {ds_of(e)} | {e.get('decoder', 'tiled')} | {e['steps']} | "
-                     f"{e.get('lr', 3e-4):g} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
+                     f"{e.get('lr', LEGACY_LR):g} | {pt['acc0']:.3f} | {pt['ratio']:.3f} | "
                      f"{t['acc0']:.3f} | {t['ratio']:.3f} | {t['ratio'] - pt['ratio']:+.3f} | "
                      + " | ".join(f"{fr[k]['ratio']:.3f} ({fr[k]['n']})" if k in fr else "-" for k in fam_keys) + " |")
         L += ["", "Family columns: predicted / trained within that family on the training architectures "
@@ -1008,7 +1032,7 @@ def write_md(res, path, cmd):
     if res.get("curve"):
         cv = res["curve"]
         L += ["## Meta-training length", "",
-              f"One GHN (digits, tiled decoder, seed 0, meta-batch 8, 300 training architectures, lr 3e-4 "
+              f"One GHN (digits, tiled decoder, seed 0, meta-batch 8, 300 training architectures, lr {cv.get('lr', LEGACY_LR):g} "
               f"with warm-up and cosine over {cv['steps']} steps; {cv['seconds']:.0f} s), its predicted "
               "parameters evaluated with no training on 16 validation architectures the GHN never saw:", "",
               "| meta-training steps | validation accuracy, no training | training loss (mean of the last 50 steps) |",
@@ -1172,7 +1196,7 @@ def main(argv=None):
                     help="main table: these decoders, in this order (each over all seeds before the next)")
     ap.add_argument("--ghn-extra", type=json.loads, default={}, metavar="JSON",
                     help="main table: GHN options on top of the defaults, e.g. '{\"identity\": 0.9}'")
-    ap.add_argument("--screen-variants", nargs="+", default=None, choices=list(SCREEN), metavar="NAME",
+    ap.add_argument("--screen-variants", nargs="+", default=None, choices=[*SCREEN, *RENAMED], metavar="NAME",
                     help="with --screen: only these variants of SCREEN (default: all)")
     ap.add_argument("--screen-dataset", default="digits", choices=["digits", "mnist1d"],
                     help="with --screen: the dataset (default digits)")
@@ -1201,7 +1225,7 @@ def main(argv=None):
     out_json = ROOT / "benchmarks" / "results" / f"hyper{suffix}.json"
     out_md = ROOT / "benchmarks" / f"hyper{suffix}.md"
     if args.keep and out_json.exists():
-        old = json.loads(out_json.read_text())
+        old = relabel(json.loads(out_json.read_text()))
         for name, key in (("size", "decoder_size"), ("mip", "mip"), ("scale", "scale"), ("predict", "predict_init"),
                           ("predict", "trained")):
             if name in args.skip:
@@ -1211,7 +1235,7 @@ def main(argv=None):
 
     cmd = " ".join(["python benchmarks/hyper.py", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     if args.md_only:
-        old = json.loads(out_json.read_text())
+        old = relabel(json.loads(out_json.read_text()))
         drop_parts(old, args.drop)
         if args.notes is not None:
             old["notes"] = args.notes
@@ -1222,7 +1246,7 @@ def main(argv=None):
     if args.keep:
         res["kept"] = [s for s in args.skip]
         if out_json.exists():   # which command measured each kept section, where known
-            old = json.loads(out_json.read_text())
+            old = relabel(json.loads(out_json.read_text()))
             src = dict(old.get("sources", {}))
             src.update({k: old.get("command") for k in ("size", "mip", "scale", "predict")
                         if k not in old.get("kept", []) and k not in src})
@@ -1311,7 +1335,7 @@ def main(argv=None):
                     on_point(ratio_curve_section(ds, dec, args.ratio_curve, points, cfg, base, Path(tmp),
                                                  on_point=on_point))
     if args.screen:
-        variants = args.screen_variants or list(SCREEN)
+        variants = [RENAMED.get(v, v) for v in args.screen_variants or SCREEN]
         # with --keep, rows this run does not redo stay (each names the command that measured it)
         res["screen"] = [dict(e, command=e.get("command") or old.get("sources", {}).get("screen")
                               or old.get("command"))

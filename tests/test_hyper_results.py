@@ -143,12 +143,36 @@ def test_screen_page_names_steps_lr_and_the_training_architecture_gap():
 
     fast = dict(row("meta lr 1e-3", 1e-3, 0.56), train_archs={"n": 2, "acc0": 0.72, "ratio": 0.85,
                                                              "per_arch": [0.9, 0.54]})
+    old = dict(row("meta lr 3e-4 (default)", 3e-4, 0.2), command="old cmd")   # stored under its former name
     res = {"config": dict(h.FULL), "command": "x", "trained": [base], "trained_train": [gb],
-           "predict_init": [main], "screen": [row("meta lr 3e-4 (default)", 3e-4, 0.35), fast]}
-    page = "\n".join(h.screen_md(res))
+           "predict_init": [main], "screen": [old, row("meta lr 3e-3", h.META_LR, 0.35), fast]}
+    page = "\n".join(h.screen_md(h.relabel(res)))
     assert "| meta lr 1e-3 | digits | tiled | - | 1000 | 0.001 | 0.560 | 0.800 |" in page
+    assert "| meta lr 3e-4 (default until session 8) | digits | tiled | - | 1000 | 0.0003 | 0.200 |" in page
+    assert "(default)" not in page.replace("`old cmd`", "")
+    assert "Reproduction: 'meta lr 3e-3' is the main table's setup" in page
     assert "predicted / trained 0.500 here, 0.500 in the main table (+0.000)" in page
-    assert page.count("Reproduction:") == 1                         # lr 1e-3 is not the main table's setup
+    assert page.count("Reproduction:") == 1                         # lr 1e-3 and 3e-4 are not the main table's
     # training archs 0.850 against test 0.800: gap +0.050; cnn 0.9 / 1.0 on the training archs
     assert "| meta lr 1e-3 | digits | tiled | 1000 | 0.001 | 0.560 | 0.800 | 0.720 | 0.850 | +0.050 | 0.900 (1) |" in page
     assert "`gap cmd`" in page
+
+
+def test_the_main_table_meta_trains_at_the_librarys_default_rate_and_pages_state_each_runs_rate():
+    """FULL/QUICK read the peak meta-learning rate from PredictInitConfig; the ratio-curve
+    text states the rate its entries ran at (3e-4 for entries stored without one); renamed
+    screen variants map to existing ones."""
+    from tasks.predict_init import PredictInitConfig
+
+    h = bench()
+    assert h.FULL["ghn_lr"] == h.QUICK["ghn_lr"] == PredictInitConfig().lr
+    assert h.setup_of(h.FULL, {}, "tiled")["ghn_lr"] == PredictInitConfig().lr
+    assert all(new in h.SCREEN and old not in h.SCREEN for old, new in h.RENAMED.items())
+    base = {"dataset": "digits", "trained_acc": 0.7,
+            "rows": [{"arch": "cnn", "kwargs": {}, "kaiming": [[0, 0.1], [10, 0.7]]}]}
+    entry = {"dataset": "digits", "decoder": "tiled", "steps": 10, "command": "rc",
+             "points": [{"step": 10, "acc0": 0.35, "ratio": 0.5, "per_arch": [0.35], "loss": 1.0}]}
+    for stored, shown in ((None, "peak lr 0.0003,"), (3e-3, "peak lr 0.003,")):
+        e = dict(entry) if stored is None else dict(entry, lr=stored)
+        page = "\n".join(h.ratio_curve_md({"ratio_curve": [e], "trained": [base], "command": "x"}))
+        assert shown in page
