@@ -113,8 +113,9 @@ def _structure_key(zoo, rec, symmetries: bool = True) -> tuple:
 
         from metanet import WeightSpace
 
-        m = create(rec["arch"], **zoo._graph_kwargs(rec))
-        ws = WeightSpace.of(m, m.example_input())
+        with torch.random.fork_rng(devices=[]):   # as Zoo.weight_space: a cached lookup draws nothing
+            m = create(rec["arch"], **zoo._graph_kwargs(rec))
+            ws = WeightSpace.of(m, m.example_input())
         sp = ws.spaces
         _STRUCTURE_OF[key] = (tuple(ws.weights), tuple((k, tuple(sp.axes[k])) for k in ws.weights),
                               tuple(sp.sizes), tuple(sp.free), tuple(sp.neuron),

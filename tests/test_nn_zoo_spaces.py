@@ -48,3 +48,19 @@ def test_pickled_zoo_holds_no_spaces():
     clone = pickle.loads(pickle.dumps(z))
     assert clone._spaces == {} and len(z._spaces) == 1
     assert list(clone.weight_space(0).weights) == list(z.weight_space(0).weights)
+
+
+def test_looking_up_an_architecture_draws_no_random_numbers():
+    """Building and tracing a model for its space draws random numbers (initialisation,
+    example input). A lookup must leave the caller's stream alone, or a seeded training
+    run would start from other weights depending on whether an earlier run in the process
+    had already traced (and cached) its zoo's architectures."""
+    from tasks.predict_accuracy import _STRUCTURE_OF, _structure_key
+
+    z = _zoo()
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    z.weight_space(1)                                   # traced now: first time for this zoo
+    _STRUCTURE_OF.clear()
+    _structure_key(z, z.record(3))                      # traced now: first time for this key
+    assert torch.equal(torch.get_rng_state(), state)

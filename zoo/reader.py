@@ -494,7 +494,8 @@ class Zoo(Dataset):
     def model(self, i: int) -> torch.nn.Module:
         """The architecture of checkpoint ``i`` with its weights loaded (eval mode)."""
         rec = self.record(i)
-        m = create(rec["arch"], **rec["arch_kwargs"])
+        with torch.random.fork_rng(devices=[]):   # building it leaves the caller's random stream alone
+            m = create(rec["arch"], **rec["arch_kwargs"])
         try:
             m.load_state_dict(self[i])
         except RuntimeError as e:
@@ -525,8 +526,13 @@ class Zoo(Dataset):
         key = arch_key(rec["arch"], kw)
         held = self._spaces.get(key)
         if held is None:
-            m = create(rec["arch"], **kw)
-            ws = WeightSpace.of(m, m.example_input())
+            # building and tracing the model draws random numbers (initialisation, example
+            # input): forked, so that the caller's stream does not depend on whether this
+            # architecture was looked up before (a seeded training run would otherwise start
+            # from other weights when an earlier run in the process had traced its zoo)
+            with torch.random.fork_rng(devices=[]):
+                m = create(rec["arch"], **kw)
+                ws = WeightSpace.of(m, m.example_input())
             try:
                 lay = ws.layout("compact")
             except Exception:   # not graphable here: the error comes back where a graph is asked for
