@@ -638,7 +638,7 @@ def _same_run(res: dict, part: str, models) -> tuple[int, dict] | None:
 
 
 # pages of the mixed part run on every training checkpoint (no --max-train), each from one command
-FULL_MIXED_PAGES = ("metanet_mixed_full", "metanet_mixed_ngt")
+FULL_MIXED_PAGES = ("metanet_mixed_full", "metanet_mixed_ngt", "metanet_mixed_hybrid")
 ONE_COMMAND_BUDGET_S = 45 * 60   # issue 15: the whole page from one command in about 45 minutes
 
 
