@@ -1336,12 +1336,13 @@ def main(argv=None):
                                                  on_point=on_point))
     if args.screen:
         variants = [RENAMED.get(v, v) for v in args.screen_variants or SCREEN]
-        # with --keep, rows this run does not redo stay (each names the command that measured it)
+        # with --keep, rows this run does not redo (variant, dataset, decoder, steps) stay, each
+        # naming the command that measured it
         res["screen"] = [dict(e, command=e.get("command") or old.get("sources", {}).get("screen")
                               or old.get("command"))
                          for e in (old.get("screen", []) if args.keep and out_json.exists() else [])
-                         if (e["variant"], e.get("dataset", "digits"), e.get("decoder", "tiled"))
-                         not in {(v, args.screen_dataset, args.screen_decoder) for v in variants}]
+                         if (e["variant"], e.get("dataset", "digits"), e.get("decoder", "tiled"), e["steps"])
+                         not in {(v, args.screen_dataset, args.screen_decoder, args.screen) for v in variants}]
         sds, sdec = args.screen_dataset, args.screen_decoder
         base = next((t for t in res["trained"] if t["dataset"] == sds), None)
         if base is None:
