@@ -99,23 +99,19 @@ def r2_score(pred, true) -> float:
 _STRUCTURE_OF: dict[str, tuple] = {}
 
 
-def _structure_key(zoo, rec, symmetries: bool = True) -> tuple:
+def _structure_key(zoo, position: int, symmetries: bool = True) -> tuple:
     """Architectures with one parameter-graph structure and one set of symmetries share
     batches (e.g. one network with different dropout). The same network with ReLU and
     with tanh has one graph but different groups (positive scalings against sign flips),
     so a batch, which carries one WeightSpace, never mixes them: canonical forms and
-    augmentations read its groups."""
+    augmentations read its groups. The space is the zoo's own (``Zoo.weight_space``,
+    which draws nothing from the caller's random stream)."""
     from zoo.models import arch_key
 
+    rec = zoo.record(position)
     key = arch_key(rec["arch"], zoo._graph_kwargs(rec))
     if key not in _STRUCTURE_OF:
-        from zoo.models import create
-
-        from metanet import WeightSpace
-
-        with torch.random.fork_rng(devices=[]):   # as Zoo.weight_space: a cached lookup draws nothing
-            m = create(rec["arch"], **zoo._graph_kwargs(rec))
-            ws = WeightSpace.of(m, m.example_input())
+        ws = zoo.weight_space(position)
         sp = ws.spaces
         _STRUCTURE_OF[key] = (tuple(ws.weights), tuple((k, tuple(sp.axes[k])) for k in ws.weights),
                               tuple(sp.sizes), tuple(sp.free), tuple(sp.neuron),
@@ -126,7 +122,7 @@ def _structure_key(zoo, rec, symmetries: bool = True) -> tuple:
 def _by_arch(zoo, positions, symmetries: bool = True) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for p in positions:
-        groups[_structure_key(zoo, zoo.record(p), symmetries)].append(p)
+        groups[_structure_key(zoo, p, symmetries)].append(p)
     return groups
 
 
