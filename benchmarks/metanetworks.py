@@ -858,7 +858,8 @@ def mixed_section(res: dict, names: dict, setting, regression_table) -> list[str
                 continue
             d = by[m]["tau"][0] - by["statnn"]["tau"][0]
             n = min(len(by[m]["taus"]), len(by["statnn"]["taus"]))
-            bar = "target for GMN ≥ +0.08" if m != "ngt" else "the target names GMN; NGT at its bar of +0.08"
+            bar = ("target for GMN ≥ +0.08" if RNORM_ALIASES.get(m, m) != "ngt"
+                   else "the target names GMN; NGT at its bar of +0.08")
             L.append(f"{names.get(m, m)} − StatNN: {d:+.3f} τ ({len(by[m]['taus'])} seed(s), the same command; "
                      f"{bar}: {'met' if d >= 0.08 else 'not met'}"
                      + (f" on {n} seed(s); the target asks for 3" if n < 3 else "") + ").  ")
