@@ -48,6 +48,7 @@ class INRConfig:
     progress: bool = True
     readout_norm: str | None = None   # GMN/NGT: "batch" standardises pooled features across networks
                                       # (without it plain GMN and NGT stay at chance on digits SIRENs)
+    device: str = "cpu"               # cpu | cuda | cuda:N | auto (the GPU when there is one)
 
 
 def _scores(logits, y) -> dict:

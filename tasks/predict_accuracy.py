@@ -60,6 +60,7 @@ class AccuracyConfig:
     preload: bool = True              # read a split of one or a few architectures into memory once
     progress: bool = True
     readout_norm: str | None = None   # GMN/NGT: "batch" standardises pooled features across networks
+    device: str = "cpu"               # cpu | cuda | cuda:N | auto (the GPU when there is one)
 
 
 @dataclass
@@ -278,10 +279,12 @@ def load_model(path: str | Path):
 
 @torch.no_grad()
 def predict(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of ``model`` on every batch (moved to the model's device), on the CPU."""
     model.eval()
+    device = next(model.parameters()).device
     preds, ys = [], []
     for graphs, y in batches:
-        preds.append(model(graphs).squeeze(-1))
+        preds.append(model(graphs.to(device)).squeeze(-1).cpu())
         if y is not None:
             ys.append(y)
     return torch.cat(preds), (torch.cat(ys) if ys else torch.empty(0))
@@ -304,7 +307,11 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     batch, never to validation or test batches (see :func:`apply_transform`); with MixUp
     the loss receives mixed targets (soft class rows for a classifier).
 
-    Under ``torchrun`` (:mod:`tasks.torchrun`; gloo, as the loop runs on the CPU) each
+    ``config.device`` (:func:`tasks.torchrun.pick_device`): the model trains there and
+    every batch is read on the CPU, then moved to it; predictions come back to the CPU.
+
+    Under ``torchrun`` (:mod:`tasks.torchrun`; gloo on the CPU, nccl on GPUs, one GPU
+    per process) each
     process trains on its share of every global batch and gradients are summed across
     processes, so the run follows the one-process run with the same ``batch_size`` to
     float rounding (a transform draws its randomness per share, so with one it does
@@ -314,7 +321,8 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
     from zoo import Zoo
 
     t0 = time.perf_counter()
-    rank, world = torchrun.init()   # read once: below, only the batch share, logging and saving use them
+    device = torchrun.pick_device(getattr(config, "device", "cpu"))
+    rank, world = torchrun.init(device)   # read once: below, only the batch share, logging and saving use them
     main = rank == 0
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,7 +354,9 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
         model = build_model(config.model, train, layout=config.layout, hidden=config.hidden,
                             layers=config.layers, out_dim=out_dim,
                             readout_norm=config.readout_norm)
+    # (fitted on the CPU, where the batches are read; the fitted model then moves to the device)
     model.fit_normalization([g for g, _ in _take(batches(train, shuffle=True), 8)])
+    model.to(device)
     torchrun.broadcast(model)       # every process starts from rank 0's model
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     def global_sizes(view, epoch):   # rows of every global batch of a training epoch, in order
@@ -369,7 +379,9 @@ def fit(config, *, out_dim: int, loss_fn, scores_fn, key: str, target_fn: Callab
         for (graphs, y), n in zip(bar, global_sizes(train, epoch), strict=True):   # n: the global batch
             # this process's rows, weighted by their share of the global batch (all of it in
             # one process); the sum over processes is the global batch's loss and gradient
-            loss = loss_fn(model(graphs), y) * (len(y) / n) if len(y) else torch.zeros(())
+            if len(y):
+                graphs, y = graphs.to(device), y.to(device)
+            loss = loss_fn(model(graphs), y) * (len(y) / n) if len(y) else torch.zeros((), device=device)
             opt.zero_grad()
             if loss.requires_grad:
                 loss.backward()

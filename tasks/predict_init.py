@@ -19,7 +19,9 @@ when validation accuracy improves); logging through a progress bar and
 Every random choice of step ``t`` (architectures, minibatch) comes from a generator
 seeded with ``(seed, t)``: a resumed run takes the same steps as an uninterrupted one.
 
-Under ``torchrun`` (:mod:`tasks.torchrun`; gloo, as the GHN trains on the CPU) every
+``device`` (:func:`tasks.torchrun.pick_device`): the GHN, the data and every
+architecture live there. Under ``torchrun`` (:mod:`tasks.torchrun`; gloo on the CPU,
+nccl on GPUs, one GPU per process) every
 process takes the same steps; each predicts its share of the step's meta-batch,
 gradients (and the GHN's count of op kinds seen) are summed across processes before
 the update, so the GHN stays identical everywhere; only rank 0 evaluates, logs and
@@ -37,7 +39,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -85,6 +87,8 @@ class PredictInitConfig:
     resume: bool = True
     stop_at: int = 0                  # stop after this step (0: never), to resume later
     progress: bool = True
+    device: str = "cpu"               # cpu | cuda | cuda:N | auto (the GPU when there is one); a run
+                                      # may resume on another device
     ghn: dict = field(default_factory=lambda: dict(gnn="transformer", decoder="tiled"))
 
     def __post_init__(self):
@@ -267,7 +271,8 @@ def run(config: PredictInitConfig, on_step=None) -> PredictInitResult:
     from metanet.hyper import GHN
 
     cfg = config
-    rank, world = torchrun.init()         # read once; below only logging and saving depend on it
+    device = torchrun.pick_device(cfg.device)
+    rank, world = torchrun.init(device)   # read once; below only logging and saving depend on it
     main = rank == 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,6 +281,9 @@ def run(config: PredictInitConfig, on_step=None) -> PredictInitResult:
 
     # data
     data = load_data(cfg.dataset, cfg.data_root)
+    if device.type != "cpu":
+        data = replace(data, **{k: getattr(data, k).to(device)
+                                            for k in ("x_train", "y_train", "x_test", "y_test")})
     xs, ys = data.x_train, data.y_train
 
     # architectures: training pool built lazily (traced on first use), validation fixed
@@ -284,10 +292,10 @@ def run(config: PredictInitConfig, on_step=None) -> PredictInitResult:
 
     def model_of(i: int) -> nn.Module:
         if i not in pool:
-            pool[i] = build_arch(train_archs[i], seed=i)
+            pool[i] = build_arch(train_archs[i], seed=i).to(device)
         return pool[i]
 
-    val_models = [build_arch(a, seed=VAL_SEED0 + j)
+    val_models = [build_arch(a, seed=VAL_SEED0 + j).to(device)
                   for j, a in enumerate(sample_archs(cfg.dataset, range(VAL_SEED0, VAL_SEED0 + cfg.val_archs)))]
 
     # the GHN and its optimizer, resumed when a previous run left a checkpoint
@@ -312,6 +320,7 @@ def run(config: PredictInitConfig, on_step=None) -> PredictInitResult:
                              + "); use another --out or pass --no-resume to start over")
     else:
         ghn = GHN(**cfg.ghn)
+    ghn.to(device)
     opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resumed:
         load_optimizer(opt, last_dir / "optimizer.safetensors")
@@ -338,11 +347,11 @@ def run(config: PredictInitConfig, on_step=None) -> PredictInitResult:
         lr *= min(1.0, (step + 1) / max(cfg.warmup, 1))
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.from_numpy(rng.choice(len(ys), cfg.batch_size, replace=False))
+        idx = torch.from_numpy(rng.choice(len(ys), cfg.batch_size, replace=False)).to(device)
         xb, yb = xs[idx], ys[idx]
         chosen = rng.choice(cfg.n_archs, cfg.meta_batch, replace=cfg.meta_batch > cfg.n_archs)
         seen = ghn.kinds_seen.clone()
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=device)
         for i in chosen[rank::world]:     # this process's share of the meta-batch
             model = model_of(int(i)).train()
             params = ghn.predict(model)

@@ -24,9 +24,36 @@ from typing import Iterable
 
 import torch
 
-__all__ = ["init", "close", "barrier", "active", "broadcast", "sum_gradients"]
+__all__ = ["pick_device", "init", "close", "barrier", "active", "broadcast", "sum_gradients"]
 
 _CREATED = False   # whether init() joined the group (close() then leaves it)
+
+
+def pick_device(requested: str | torch.device = "cpu") -> torch.device:
+    """The device a task trains on: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+    (the GPU when PyTorch sees one, else the CPU). A plain ``"cuda"`` under torchrun is
+    the GPU of the process's ``LOCAL_RANK`` (one GPU per process), made current."""
+    name = str(requested)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or auto") from e
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"device {requested!r} is not supported for training: use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} was asked for, but this PyTorch sees no GPU "
+                         f"(torch.cuda.is_available() is False; torch {torch.__version__}): "
+                         f"use --device cpu, or auto to take a GPU only where there is one")
+    if dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {dev} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    torch.cuda.set_device(dev)
+    return dev
 
 
 def init(device: str | torch.device = "cpu") -> tuple[int, int]:

@@ -29,6 +29,9 @@ def _add_common(p: argparse.ArgumentParser, config_cls) -> None:
     p.add_argument("--max-train", type=int, default=None, help="cap on training checkpoints")
     p.add_argument("--readout-norm", default=None, choices=["batch"],
                    help="gmn/gmn_hybrid/ngt: standardise the pooled readout features across networks")
+    p.add_argument("--device", default=defaults["device"],
+                   help="cpu, cuda, cuda:N or auto (the GPU when PyTorch sees one); under torchrun, "
+                        "cuda gives each process the GPU of its LOCAL_RANK")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -36,7 +39,8 @@ def _config(config_cls, args, **extra):
     return config_cls(zoo=args.zoo, model=args.model, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, hidden=args.hidden, layers=args.layers,
                       layout=args.layout, steps=args.steps, seed=args.seed, split_seed=args.split_seed,
-                      max_train=args.max_train, progress=not args.quiet, readout_norm=args.readout_norm, **extra)
+                      max_train=args.max_train, progress=not args.quiet, readout_norm=args.readout_norm,
+                      device=args.device, **extra)
 
 
 def _report(result) -> int:
@@ -47,12 +51,19 @@ def _report(result) -> int:
     return 0
 
 
-def _checked(kind: str, fn, hint: str) -> int:
-    """Run a training command; a zoo that cannot serve it is one line and exit code 2."""
+def _checked(kind: str, fn, hint: str, device: str = "cpu") -> int:
+    """Run a training command; a zoo that cannot serve it, or a device this machine does
+    not have, is one line and exit code 2."""
     import sys
 
+    from tasks.torchrun import pick_device
     from zoo.store import ZooError
 
+    try:
+        pick_device(device)
+    except ValueError as err:
+        print(f"metanet train {kind}: error: --device: {err}", file=sys.stderr)
+        return 2
     try:
         return fn()
     except ZooError as err:
@@ -75,7 +86,8 @@ def register_train(kinds) -> None:
 
         return _checked("accuracy", lambda: _report(run(_config(AccuracyConfig, args, target=args.target))),
                         hint=f"`metanet train accuracy` reads the field --target ({args.target!r}) of every "
-                             f"record; an INR zoo's records hold labels instead: `metanet train inr`")
+                             f"record; an INR zoo's records hold labels instead: `metanet train inr`",
+                        device=args.device)
 
     p.set_defaults(func=run_accuracy)
 
@@ -89,7 +101,7 @@ def register_train(kinds) -> None:
 
         return _checked("inr", lambda: _report(run(_config(INRConfig, args, num_classes=args.num_classes))),
                         hint="`metanet train inr` reads the field 'label' of every record (an INR zoo); "
-                             "to predict a metric of classifiers: `metanet train accuracy`")
+                             "to predict a metric of classifiers: `metanet train accuracy`", device=args.device)
 
     q.set_defaults(func=run_inr)
 
@@ -106,6 +118,7 @@ def register(subparsers) -> None:
     p.add_argument("--arch-kwargs", default="{}", help="with --checkpoint: JSON kwargs of the architecture")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="first N checkpoints of the zoo only")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the GPU when PyTorch sees one)")
     p.set_defaults(func=_predict)
 
 
@@ -147,11 +160,16 @@ def _predict_checked(args) -> int:
     import torch
 
     from tasks.predict_accuracy import zoo_batches
+    from tasks.torchrun import pick_device
 
     from .convert import UsageError
 
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        raise UsageError(f"--device: {err}") from None
     model, meta = _load_metanet(args.model)
-    model.eval()
+    model.to(device).eval()
     layout = meta["config"].get("layout", "compact")
     classify = "num_classes" in meta["config"]
     if args.zoo:
@@ -163,7 +181,7 @@ def _predict_checked(args) -> int:
         i = 0
         with torch.no_grad():
             for graphs, _ in zoo_batches(z, args.batch_size, layout):
-                out = model(graphs)
+                out = model(graphs.to(device)).cpu()
                 for row in out:
                     rec = z.record(i)
                     value = int(row.argmax()) if classify else float(row.squeeze())
@@ -195,7 +213,7 @@ def _predict_checked(args) -> int:
     sd = load_checkpoint_file(args.checkpoint)   # safetensors, or torch.load without pickle
     ws = WeightSpace.of(net, net.example_input())
     with torch.no_grad():
-        out = model(SharedBatch.of(ws, {k: v.unsqueeze(0) for k, v in sd.items()}, layout))[0]
+        out = model(SharedBatch.of(ws, {k: v.unsqueeze(0) for k, v in sd.items()}, layout).to(device))[0].cpu()
     print(json.dumps({"checkpoint": args.checkpoint,
                       "prediction": int(out.argmax()) if classify else float(out.squeeze())}))
     return 0

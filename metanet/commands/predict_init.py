@@ -47,6 +47,9 @@ def register_train(kinds) -> None:
     p.add_argument("--max-width", type=int, default=64, help="low-rank decoder's widest axis")
     p.add_argument("--rank", type=int, default=16, help="low-rank decoder's rank")
     p.add_argument("--block", type=int, default=32, help="tiled decoder's block size")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N or auto (the GPU when PyTorch sees one); under torchrun, cuda gives "
+                        "each process the GPU of its LOCAL_RANK")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -90,6 +93,7 @@ def run_train(args) -> int:
             **({} if args.lr is None else {"lr": args.lr}),
             n_archs=args.n_archs, val_archs=args.val_archs, eval_every=args.eval_every,
             ckpt_every=args.ckpt_every, seed=args.seed, resume=not args.no_resume, progress=not args.quiet,
+            device=args.device,
             ghn=dict(gnn=args.gnn, decoder=args.decoder, hid=args.hid, layers=args.layers, **ghn))
         res = run(cfg)
     except ValueError as err:

@@ -191,8 +191,12 @@ def example_inputs_of(model: nn.Module, example_inputs: Any = None) -> Any:
     if example_inputs is not None:
         return example_inputs
     make = getattr(model, "example_input", None)
-    if callable(make):
-        return make()
+    if callable(make):   # the model's own example, built on the CPU: moved to where the model is
+        x = make()
+        p = next(iter(model.parameters()), None)
+        if p is not None and p.device.type not in ("cpu", "meta"):
+            x = torch.utils._pytree.tree_map(lambda t: t.to(p.device) if isinstance(t, torch.Tensor) else t, x)
+        return x
     raise ValueError(
         f"{type(model).__name__} has no example_input(); pass example_inputs=(tensor, ...) "
         "with the shapes forward() reads (batch size 1 or 2 is enough)")

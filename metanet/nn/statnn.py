@@ -45,8 +45,8 @@ def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
     sorted_vals = _sorted_by_segment(values, seg)   # by (segment, value)
     values = values.double()
     count = torch.bincount(seg, minlength=n).double()
-    s = torch.zeros(n, dtype=torch.float64).index_add_(0, seg, values)
-    s2 = torch.zeros(n, dtype=torch.float64).index_add_(0, seg, values ** 2)
+    s = torch.zeros(n, dtype=torch.float64, device=values.device).index_add_(0, seg, values)
+    s2 = torch.zeros(n, dtype=torch.float64, device=values.device).index_add_(0, seg, values ** 2)
     c = count.clamp(min=1)
     mean = s / c
     var = (s2 / c - mean ** 2).clamp(min=0)
@@ -54,7 +54,7 @@ def segment_stats(values: Tensor, seg: Tensor, n: int) -> Tensor:
     qs = []
     for q in _QUANTILES:
         idx = (start + torch.round(q * (count - 1).clamp(min=0))).long().clamp(max=max(len(values) - 1, 0))
-        qs.append(sorted_vals[idx] if len(values) else torch.zeros(n, dtype=torch.float64))
+        qs.append(sorted_vals[idx] if len(values) else torch.zeros(n, dtype=torch.float64, device=values.device))
     out = torch.stack([mean, var, *qs, torch.log1p(count)], -1)
     return torch.where((count > 0).unsqueeze(-1), out, torch.zeros_like(out)).float()
 
