@@ -234,6 +234,51 @@ def test_a_nondeterministic_model_is_refused():
         verify(ws, Noisy(True), (torch.randn(2, 3),))
 
 
+class EvalCache(nn.Module):
+    """Caches a tensor computed from its parameters in eval mode and drops it on train(),
+    as timm's LeViT does with its attention biases."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+        self.shift = nn.Parameter(torch.randn(6))
+        self.cache = {}
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            self.cache = {}
+        return self
+
+    def offset(self):
+        if self.training:
+            return self.shift.exp()
+        if "offset" not in self.cache:
+            self.cache["offset"] = self.shift.exp()
+        return self.cache["offset"]
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x) + self.offset()))
+
+
+def test_a_cache_of_the_first_calls_weights_is_not_taken_for_a_false_symmetry():
+    model, x = EvalCache(), torch.randn(4, 3)
+    with warnings.catch_warnings():   # export's note on the cache attribute
+        warnings.simplefilter("ignore", UserWarning)
+        ws = WeightSpace.of(model, (x,), cache=False)
+    assert [g.size for g in ws.groups] == [6]   # the hidden neurons, shift's axis among them
+    model.eval()
+    model(x)   # the cache now holds the offsets of these weights
+    report = verify(ws, model, (x,))
+    assert report.max_rel_err["permutation"] < 1e-6
+    # the check can fail here: permuted weights with the shift left in place change the outputs
+    sd = ws.permute(model.state_dict(), ws.sample_permutation(torch.Generator().manual_seed(1)))
+    sd["shift"] = model.state_dict()["shift"]
+    ref = model.train().eval()(x)
+    out = torch.func.functional_call(model.train().eval(), sd, (x,))
+    assert relative_error([ref], [out]) > 1e-3
+
+
 def test_a_model_of_another_architecture_is_refused():
     model, x, ws = traced("mlp_relu")
     other, y, _ = traced("small_cnn")

@@ -246,6 +246,11 @@ class _Runner:
     def __call__(self, sd: Mapping[str, torch.Tensor], args: tuple, kwargs: dict | None) -> list[torch.Tensor]:
         params = {k: v for k, v in sd.items() if k not in self.ws.aliases}
         kw = dict(self.kwargs if kwargs is None else _default_kwargs(self.model, kwargs))
+        # models that cache tensors computed from their parameters in eval mode (timm's LeViT
+        # keeps its attention biases, gathered once) drop the cache on train(): without it
+        # every call would reuse the first call's values, whatever state dict it is given
+        self.model.train()
+        self.model.eval()
         with torch.no_grad():
             out = torch.func.functional_call(self.model, params, args, kw)
         return tensor_leaves(out)
