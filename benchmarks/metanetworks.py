@@ -549,24 +549,34 @@ def inr_part(zoo_path: Path, seeds: int, epochs: int, max_train: int | None, row
 THROUGHPUT_MODELS = ("statnn", "nfn", "nfn_public", "gmn", "gmn_canonical", "ngt")
 
 
-def throughput_one(zoo_path: Path, model: str, steps: int) -> dict:
+def throughput_one(zoo_path: Path, model: str, steps: int, device: str = "cpu") -> dict:
     """One model's training networks/s (forward + backward + update, batches of 64
-    digits CNNs read from the zoo once) and the peak resident memory that training adds:
+    digits CNNs read from the zoo once) and the peak memory that training adds:
     run in a fresh process (``throughput_part``), so that no earlier model's freed heap
     hides it; the peak is reset (Linux ``clear_refs``) after the batches and the model
-    are made and before the first step, whose gradients and optimizer state count."""
+    are made and before the first step, whose gradients and optimizer state count.
+    On a GPU (``device="cuda"``): the batches and the model live there, the clock waits
+    for the GPU, and the peak is of GPU memory (``torch.cuda.max_memory_allocated``)."""
     from tasks.predict_accuracy import AccuracyConfig, build_model
     from zoo import Zoo
 
     torch.set_num_threads(1)
     z = Zoo.open(zoo_path)
-    batches = [b for b, _ in zoo_batches(z.subset(range(64 * 4)), 64, target="test_acc")]
+    from tasks.predict_accuracy import _by_arch
+
+    # checkpoints of one structure (as training batches are): a zoo's first rows may mix two
+    # (the digits CNNs with ReLU and with tanh), which some models (GMN canonical) refuse
+    rows = max(_by_arch(z, range(len(z))).values(), key=len)[:64 * 4]
+    batches = [b for b, _ in zoo_batches(z.subset(rows), 64, target="test_acc")]
     ys = torch.rand(64)
     torch.manual_seed(0)
     cfg = AccuracyConfig(zoo=str(zoo_path), hidden=32, layers=3)
     net = (_ready_model(model, zoo_path, cfg)
            or build_model(model, z, layout="compact", hidden=32, layers=3, out_dim=1))
     net.fit_normalization(batches)
+    gpu = torch.device(device).type == "cuda"
+    net.to(device)
+    batches, ys = [b.to(device) for b in batches], ys.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     def step(b):
@@ -575,29 +585,45 @@ def throughput_one(zoo_path: Path, model: str, steps: int) -> dict:
         loss.backward()
         opt.step()
 
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
+
+    sync()
+    if gpu:
+        mem0 = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     rss0 = _status("VmRSS")
     peak_ok = reset_peak()
     step(batches[0])   # warm-up (timed out, but its memory counts)
+    sync()
     t = time.perf_counter()
     for i in range(steps):
         step(batches[i % len(batches)])
+    sync()
     dt = time.perf_counter() - t
-    peak = _status("VmHWM")
-    return {"model": model, "networks_per_s": steps * 64 / dt,
-            "peak_extra_mb": (peak - rss0) / 2 ** 20 if peak_ok and peak and rss0 else None,
+    if gpu:
+        extra = (torch.cuda.max_memory_allocated() - mem0) / 2 ** 20
+    else:
+        peak = _status("VmHWM")
+        extra = (peak - rss0) / 2 ** 20 if peak_ok and peak and rss0 else None
+    return {"model": model, "device": str(device), "networks_per_s": steps * 64 / dt, "peak_extra_mb": extra,
             "params": sum(p.numel() for p in net.parameters())}
 
 
-def throughput_part(zoo_path: Path, steps: int) -> list[dict]:
-    """Every model of THROUGHPUT_MODELS measured by throughput_one in its own process."""
+def throughput_part(zoo_path: Path, steps: int, devices=("cpu",)) -> list[dict]:
+    """Every model of THROUGHPUT_MODELS measured by throughput_one in its own process, on
+    each of ``devices`` in turn (the CPU with one thread)."""
     rows = []
     for model in THROUGHPUT_MODELS:
         if model == "nfn_public" and not HAVE_NFN:
             continue
-        out = subprocess.run([sys.executable, __file__, "--throughput-one", model, "--zoo", str(zoo_path),
-                              "--throughput-steps", str(steps)], check=True, capture_output=True, text=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+        for device in devices:
+            out = subprocess.run([sys.executable, __file__, "--throughput-one", model, "--zoo", str(zoo_path),
+                                  "--throughput-steps", str(steps), "--device", device],
+                                 check=True, capture_output=True, text=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -820,12 +846,16 @@ def targets_section(res: dict) -> list[str]:
             T.append(f"| INR ({zoo}): note | GMN and NGT there run with readout_norm={sorted(norm - {None})[0]!r}, "
                      "an option off by default | | |")
 
-    # throughput: GMN's training networks/s >= the public NFN-HNP's, same run
-    thr = {r["model"]: r for r in res.get("throughput") or []}
-    if "gmn" in thr and "nfn_public" in thr:
+    # throughput: GMN's training networks/s >= the public NFN-HNP's, same run, on each device measured
+    rows = res.get("throughput") or []
+    for dev in dict.fromkeys(r.get("device", "cpu") for r in rows):
+        thr = {r["model"]: r for r in rows if r.get("device", "cpu") == dev}
+        if "gmn" not in thr or "nfn_public" not in thr:
+            continue
         st = res.get("part_runs", {}).get("throughput", [{"command": res["command"]}])[-1]
         ok = thr["gmn"]["networks_per_s"] >= thr["nfn_public"]["networks_per_s"]
-        T.append(f"| training throughput (digits CNN): GMN ≥ public NFN-HNP networks/s, same run | GMN "
+        where = "" if dev == "cpu" and len(rows) == len(thr) else f", {res.get('gpu', dev) if dev != 'cpu' else 'CPU'}"
+        T.append(f"| training throughput (digits CNN{where}): GMN ≥ public NFN-HNP networks/s, same run | GMN "
                  f"{thr['gmn']['networks_per_s']:.0f}, public NFN-HNP {thr['nfn_public']['networks_per_s']:.0f} "
                  f"| {cmd(st)} | {'met' if ok else 'not met'} |")
     return T + [""]
@@ -910,7 +940,8 @@ def mixed_section(res: dict, names: dict, setting, regression_table) -> list[str
 
 def write_markdown(res: dict, path: Path) -> None:
     L = ["# Metanetworks: conversion, accuracy prediction, INR classification, throughput", "",
-         f"On {res['machine']} ({res.get('threads', '?')} torch thread(s)), torch {res['torch']}, public nfn "
+         f"On {res['machine']}" + (f" and an {res['gpu']}" if res.get("gpu") else "")
+         + f" ({res.get('threads', '?')} torch thread(s)), torch {res['torch']}, public nfn "
          f"{'installed' if res['nfn'] else 'not installed'}. Parts were run separately (each names its "
          f"command, settings and the load average when it started; the machine was shared); the latest, "
          f"`{res['command']}`, took {res['seconds']:.0f} s.", ""]
@@ -941,6 +972,9 @@ def write_markdown(res: dict, path: Path) -> None:
             per = st.get("model_epochs") or {}
             eps = (f"{st.get('epochs', res['epochs'])} epochs" + (" (" + ", ".join(f"{m} {n}" for m, n in per.items())
                                                                   + " epochs)" if per else ""))
+            if part == "throughput":   # timed steps: no seeds or epochs
+                out.append(f"{num}`{st['command']}`{load.replace(', ', ': ', 1)}")
+                continue
             out.append(f"{num}`{st['command']}`{which}: {st.get('seeds', res['seeds'])} seed(s), "
                        f"{eps}{cap}{norm}{load}")
         secs = sum(r.get("seconds", 0) for r in res.get(part) or [] if isinstance(r, dict))
@@ -1035,15 +1069,26 @@ def write_markdown(res: dict, path: Path) -> None:
         L += ["", f"Batches of {INR_BATCH}; chance is 0.10; the split is by image (one INR per image). The zoo: "
               f"`{build}`" + (f" ({what})" if what else "") + ".", ""]
     if res.get("throughput"):
+        gpu_rows = any(r.get("device", "cpu") != "cpu" for r in res["throughput"])
         L += ["## Training throughput and memory (digits CNN, batches of 64, hidden 32, 3 layers)", "",
               setting("throughput"), "",
-              "| model | networks/s | peak extra memory (MB) | parameters |", "|---|---:|---:|---:|"]
+              *(["| model | device | networks/s | × its CPU run | peak extra memory (MB) | parameters |",
+                 "|---|---|---:|---:|---:|---:|"] if gpu_rows else
+                ["| model | networks/s | peak extra memory (MB) | parameters |", "|---|---:|---:|---:|"])]
+        cpu_rate = {r["model"]: r["networks_per_s"] for r in res["throughput"] if r.get("device", "cpu") == "cpu"}
         for r in res["throughput"]:
+            dev = r.get("device", "cpu")
             peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
-            L.append(f"| {names.get(r['model'], r['model'])} | {r['networks_per_s']:.0f} | {peak} | {r['params']:,} |")
-        L += ["", "Each model in a fresh process, one thread; peak extra memory: the peak resident set "
-              "(VmHWM, reset through /proc/self/clear_refs) during the first and the timed training steps, "
-              "less the resident set just before them (gradients, optimizer state and activations).", ""]
+            ratio = (f"{r['networks_per_s'] / cpu_rate[r['model']]:.1f}" if dev != "cpu" and r["model"] in cpu_rate
+                     else "-")
+            where = f" {dev if dev == 'cpu' else res.get('gpu', dev)} | " if gpu_rows else " "
+            L.append(f"| {names.get(r['model'], r['model'])} |{where}{r['networks_per_s']:.0f} | "
+                     + (f"{ratio} | " if gpu_rows else "") + f"{peak} | {r['params']:,} |")
+        L += ["", "Each model in a fresh process, one thread; peak extra memory: on the CPU the peak resident "
+              "set (VmHWM, reset through /proc/self/clear_refs) during the first and the timed training steps, "
+              "less the resident set just before them (gradients, optimizer state and activations); on a GPU "
+              "the peak of allocated GPU memory above what the model and batches held before the first step.",
+              ""]
     for note in res.get("notes", []):
         L += [note, ""]
     if any(r.get("model") == "gmn_canonical" for part in ("accuracy", "mixed", "unseen", "inr")
@@ -1084,6 +1129,9 @@ def main(argv=None) -> int:
                     help="mixed part: epochs per model, e.g. statnn=24,gmn=4 (models not named: --epochs); each "
                          "model's best epoch is still chosen on the validation split; default: --epochs for all")
     ap.add_argument("--throughput-steps", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)   # with --throughput-one
+    ap.add_argument("--throughput-devices", default="cpu",
+                    help="throughput part: comma-separated devices, each model measured on each (e.g. cpu,cuda)")
     ap.add_argument("--big", action="store_true", help="also convert 10,000 digits CNNs")
     ap.add_argument("--name", default=None, help="output name (default metanet, or metanet_quick)")
     ap.add_argument("--pages-only", action="store_true",
@@ -1093,7 +1141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.throughput_one:
-        print(json.dumps(throughput_one(Path(args.zoo), args.throughput_one, args.throughput_steps)))
+        print(json.dumps(throughput_one(Path(args.zoo), args.throughput_one, args.throughput_steps, args.device)))
         return 0
     if args.pages_only:
         name = args.name or "metanet"
@@ -1215,7 +1263,10 @@ def main(argv=None) -> int:
         inr_part(siren, seeds, epochs, args.max_train, res["inr"], **({"models": models} if models else {}))
         save()
     if "throughput" in parts:
-        res["throughput"] = throughput_part(cnn, args.throughput_steps or (5 if args.quick else 30))
+        res["throughput"] = throughput_part(cnn, args.throughput_steps or (5 if args.quick else 30),
+                                            args.throughput_devices.split(","))
+        if any(r["device"] != "cpu" for r in res["throughput"]):
+            res["gpu"] = torch.cuda.get_device_name()
     save()
     print(f"wrote benchmarks/{name}.md ({res['seconds']:.0f} s)")
     return 0

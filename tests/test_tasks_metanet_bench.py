@@ -67,3 +67,27 @@ def test_zoo_build_line_names_options_off_the_recipe_defaults(bench, tmp_path):
         "n": 1000, "recipe": "shapes_siren", "seed": 0,
         "options": {"views": 1, "hidden": 32, "n_images": 1000, "sample": True, "data_root": None}}}))
     assert bench.zoo_build_line(tmp_path) == "metanet zoo build --recipe shapes_siren --n 1000 --options '{\"views\": 1}'"
+
+
+def _tp(model, device, rate):
+    return {"model": model, "device": device, "networks_per_s": rate, "peak_extra_mb": 10.0, "params": 1}
+
+
+def test_throughput_on_a_gpu_is_judged_and_shown_per_device(bench, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "_load_result", lambda name: None)
+    res = {"command": "python benchmarks/metanetworks.py --parts throughput --throughput-devices cpu,cuda",
+           "machine": "test", "torch": "x", "nfn": True, "seeds": 3, "epochs": 4, "seconds": 1.0, "gpu": "GPU X",
+           "part_runs": {"throughput": [{"command": "c", "machine_load": 1.0}]},
+           "throughput": [_tp("gmn", "cpu", 40.0), _tp("gmn", "cuda", 400.0),
+                          _tp("nfn_public", "cpu", 50.0), _tp("nfn_public", "cuda", 200.0)]}
+    lines = [ln for ln in bench.targets_section(res) if ln.startswith("| training throughput")]
+    assert len(lines) == 2
+    assert "CPU" in lines[0] and "GMN 40, public NFN-HNP 50" in lines[0] and lines[0].endswith("| not met |")
+    assert "GPU X" in lines[1] and "GMN 400, public NFN-HNP 200" in lines[1] and lines[1].endswith("| met |")
+    bench.write_markdown(res, tmp_path / "page.md")
+    page = (tmp_path / "page.md").read_text()
+    assert "| GMN | GPU X | 400 | 10.0 |" in page and "| GMN | cpu | 40 | - |" in page
+    # CPU-only runs keep the table without device columns
+    res["throughput"] = [r for r in res["throughput"] if r["device"] == "cpu"]
+    bench.write_markdown(res, tmp_path / "page.md")
+    assert "| GMN | 40 | 10.0 | 1 |" in (tmp_path / "page.md").read_text()
