@@ -15,6 +15,27 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def cnn_zoo(tmp_path_factory):
+    """12 digits CNNs (checkpoints at steps 0 and 1), built once per test session; the
+    tests only read it."""
+    from zoo.build import build
+
+    out = tmp_path_factory.mktemp("zoo") / "cnn"
+    build("digits_cnn", 12, out, options={"steps": [0, 1]}, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def inr_zoo(tmp_path_factory):
+    """20 digits SIRENs (one view, fitted 5 steps), built once per test session; read only."""
+    from zoo.build import build
+
+    out = tmp_path_factory.mktemp("zoo") / "inr"
+    build("digits_siren", 20, out, options={"steps": [5], "views": 1}, progress=False)
+    return out
+
+
 def load_benchmark(name: str):
     """benchmarks/<name>.py as a module (benchmarks/ is not a package), loaded once per
     test process under the name ``<name>_bench``."""

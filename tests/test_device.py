@@ -47,13 +47,6 @@ def test_commands_refuse_a_gpu_the_machine_lacks(tmp_path, capsys, argv):
 
 
 @pytest.fixture(scope="module")
-def cnn_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "cnn"
-    build("digits_cnn", 12, out, options={"steps": [0, 1]}, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def mixed_zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo") / "mixed"
     build("mixed", 8, out, options={"steps": [1]}, progress=False)
@@ -99,10 +92,8 @@ def test_predict_command_on_the_gpu_matches_the_cpu(cnn_zoo, tmp_path, capsys):
 
 
 @gpu
-def test_inr_classification_on_the_gpu(tmp_path):
-    zoo = tmp_path / "inr"
-    build("digits_siren", 20, zoo, options={"steps": [5], "views": 1}, progress=False)
-    kw = dict(zoo=str(zoo), model="gmn", epochs=1, batch_size=8, hidden=8, layers=1, progress=False,
+def test_inr_classification_on_the_gpu(inr_zoo, tmp_path):
+    kw = dict(zoo=str(inr_zoo), model="gmn", epochs=1, batch_size=8, hidden=8, layers=1, progress=False,
               readout_norm="batch")
     cpu = run_inr(INRConfig(out=str(tmp_path / "cpu"), **kw))
     cuda = run_inr(INRConfig(out=str(tmp_path / "cuda"), device="cuda", **kw))

@@ -16,20 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from metanet.cli import main
-from zoo.build import build
 
 pytestmark = pytest.mark.slow
 
 # 17 training checkpoints in global batches of 8: 8, 8, 1. The last batch gives one row
 # to rank 0 and none to rank 1, the case a plain average over processes gets wrong.
 ARGS = ["--model", "gmn", "--epochs", "2", "--hidden", "8", "--layers", "1", "--max-train", "17", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def cnn_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "cnn"
-    build("digits_cnn", 12, out, options={"steps": [0, 1]}, progress=False)
-    return out
 
 
 def _train(zoo, out, batch_size: int, processes: int = 1) -> tuple[list[dict], dict]:

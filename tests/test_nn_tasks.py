@@ -10,21 +10,6 @@ from tasks.classify_inr import INRConfig
 from tasks.classify_inr import run as run_inr
 from tasks.predict_accuracy import AccuracyConfig, kendall_tau, load_model, predict, r2_score, run, zoo_batches
 from zoo import Zoo
-from zoo.build import build
-
-
-@pytest.fixture(scope="module")
-def cnn_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "cnn"
-    build("digits_cnn", 12, out, options={"steps": [0, 1]}, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def inr_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "inr"
-    build("digits_siren", 20, out, options={"steps": [5], "views": 1}, progress=False)
-    return out
 
 
 def test_metrics_against_hand_computed_values():

@@ -8,14 +8,6 @@ from tasks.classify_inr import INRConfig
 from tasks.classify_inr import run as run_inr
 from tasks.predict_accuracy import apply_transform, zoo_batches
 from zoo import Zoo
-from zoo.build import build
-
-
-@pytest.fixture(scope="module")
-def inr_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "inr"
-    build("digits_siren", 20, out, options={"steps": [5], "views": 1}, progress=False)
-    return out
 
 
 class Recorder:
