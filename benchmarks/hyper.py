@@ -100,7 +100,10 @@ SCREEN = {"session-5 default (no identity prior)": {"identity": 0.0},
           "identity 0.9": {"identity": 0.9},
           "meta lr 3e-4 (default until session 8)": {"lr": 3e-4},
           "meta lr 1e-3": {"lr": 1e-3},
-          "meta lr 3e-3": {"lr": 3e-3}}
+          "meta lr 3e-3": {"lr": 3e-3},
+          # session 10: capacity, for MNIST-1D, where CNNs fit poorly even on training architectures
+          "hid 128": {"hid": 128},
+          "4 layers": {"layers": 4}}
 # variants renamed since they were measured: the old name (as in the commands stored with their rows)
 # -> the current one; --screen-variants accepts either, stored rows are shown with the current name
 RENAMED = {"meta lr 3e-4 (default)": "meta lr 3e-4 (default until session 8)"}
