@@ -1285,7 +1285,13 @@ def main(argv=None):
         have_old = args.keep and out_json.exists()
         if have_old:   # each decoder's results measured with its very setup stay; this run adds or replaces
             res["predict_init"] = kept_entries(old.get("predict_init", []), cfg, args.ghn_extra)
+            # a run of some datasets keeps the others' entries of the same setup: their tables stay shown
+            res["datasets"] = list(dict.fromkeys([*(e["dataset"] for e in res["predict_init"]), *args.datasets]))
         bases = {}
+        if have_old:   # other datasets' baselines stay: kept screen, gap and ratio-curve rows read them
+            res["trained"] += [dict(t, command=t.get("command") or old.get("sources", {}).get("predict")
+                                    or old.get("command"))
+                               for t in old.get("trained", []) if t["dataset"] not in args.datasets]
         for ds in args.datasets:          # the baselines first: every seed below reuses them
             b = matching_baseline(old.get("trained", []), ds, cfg) if have_old else None
             if b is not None:             # same test architectures and epochs: reused, not retrained

@@ -147,14 +147,15 @@ def test_screen_page_names_steps_lr_and_the_training_architecture_gap():
     res = {"config": dict(h.FULL), "command": "x", "trained": [base], "trained_train": [gb],
            "predict_init": [main], "screen": [old, row("meta lr 3e-3", h.META_LR, 0.35), fast]}
     page = "\n".join(h.screen_md(h.relabel(res)))
-    assert "| meta lr 1e-3 | digits | tiled | - | 1000 | 0.001 | 0.560 | 0.800 |" in page
-    assert "| meta lr 3e-4 (default until session 8) | digits | tiled | - | 1000 | 0.0003 | 0.200 |" in page
+    n = su["ghn_steps"]                                              # the rows have the main table's steps
+    assert f"| meta lr 1e-3 | digits | tiled | - | {n} | 0.001 | 0.560 | 0.800 |" in page
+    assert f"| meta lr 3e-4 (default until session 8) | digits | tiled | - | {n} | 0.0003 | 0.200 |" in page
     assert "(default)" not in page.replace("`old cmd`", "")
     assert "Reproduction: 'meta lr 3e-3' is the main table's setup" in page
     assert "predicted / trained 0.500 here, 0.500 in the main table (+0.000)" in page
     assert page.count("Reproduction:") == 1                         # lr 1e-3 and 3e-4 are not the main table's
     # training archs 0.850 against test 0.800: gap +0.050; cnn 0.9 / 1.0 on the training archs
-    assert "| meta lr 1e-3 | digits | tiled | 1000 | 0.001 | 0.560 | 0.800 | 0.720 | 0.850 | +0.050 | 0.900 (1) |" in page
+    assert f"| meta lr 1e-3 | digits | tiled | {n} | 0.001 | 0.560 | 0.800 | 0.720 | 0.850 | +0.050 | 0.900 (1) |" in page
     assert "`gap cmd`" in page
 
 
@@ -176,3 +177,40 @@ def test_the_main_table_meta_trains_at_the_librarys_default_rate_and_pages_state
         e = dict(entry) if stored is None else dict(entry, lr=stored)
         page = "\n".join(h.ratio_curve_md({"ratio_curve": [e], "trained": [base], "command": "x"}))
         assert shown in page
+
+
+def test_a_main_table_run_of_one_dataset_keeps_the_others_baseline_and_entries(tmp_path, monkeypatch):
+    """--keep --datasets digits: mnist1d's trained baseline (read by kept screen and
+    ratio-curve rows) and its main-table entries of the same setup stay, and "datasets"
+    still names it; digits' entry is this run's."""
+    h = bench()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    setups = {"tiled": h.setup_of(h.FULL, {}, "tiled")}
+
+    def base(ds):
+        return {"dataset": ds, "trained_acc": 0.7, "n_test": 1, "epochs": 1, "seconds": 1.0, "command": f"b {ds}",
+                "rows": [{"arch": "cnn", "kwargs": {}, "kaiming": [[0, 0.1]]}]}
+
+    def entry(ds, acc0, cmd):
+        return {"dataset": ds, "seed": 0, "trained_acc": 0.7, "kaiming_acc0": 0.1, "decoders_run": ["tiled"],
+                "setups": setups, "tiled_acc0": acc0, "tiled_ratio_to_trained": acc0 / 0.7, "tiled_acc_1ep": 0.5,
+                "kaiming_acc_1ep": 0.3, "tiled_steps95_ratio": 0.5, "command": cmd, "ghn": {"tiled": {"command": cmd}},
+                "rows": [{"tiled": [[0, acc0]]}]}
+
+    old = {"config": h.FULL, "datasets": ["digits", "mnist1d"], "command": "old", "kept": [], "sources": {},
+           "predict_init": [entry("digits", 0.2, "old"), entry("mnist1d", 0.3, "old")],
+           "trained": [base("digits"), base("mnist1d")]}
+    (tmp_path / "benchmarks" / "results" / "hyper.json").write_text(json.dumps(old))
+    saved = {}
+    monkeypatch.setattr(h, "ROOT", tmp_path)
+    monkeypatch.setattr(h, "matching_baseline", lambda trained, ds, cfg: next(t for t in trained if t["dataset"] == ds))
+    monkeypatch.setattr(h, "predict_init_section", lambda ds, seed, cfg, tmp, b, decs, extra: entry(ds, 0.4, "new"))
+    monkeypatch.setattr(h, "save_json", lambda res, path: saved.update(json.loads(json.dumps(res))))
+    monkeypatch.setattr(h, "write_md", lambda res, path, cmd: None)
+    monkeypatch.setattr(h, "FULL", dict(h.FULL, seeds=1))
+    h.main(["--skip", "size", "mip", "scale", "--keep", "--datasets", "digits", "--predict-decoders", "tiled"])
+    assert saved["datasets"] == ["digits", "mnist1d"]
+    assert sorted(t["dataset"] for t in saved["trained"]) == ["digits", "mnist1d"]
+    assert next(t for t in saved["trained"] if t["dataset"] == "mnist1d")["command"] == "b mnist1d"
+    by_ds = {e["dataset"]: e for e in saved["predict_init"]}
+    assert by_ds["mnist1d"]["tiled_acc0"] == 0.3 and by_ds["digits"]["tiled_acc0"] == 0.4
