@@ -726,11 +726,14 @@ def ratio_curve_md(res):
     which = (f"One GHN ({rc[0]['dataset']}, {rc[0]['decoder']} decoder; " if len(rc) == 1
              else "One GHN per dataset and decoder (")
     lrs = " or ".join(dict.fromkeys(f"{e.get('lr', LEGACY_LR):g}" for e in rc))
+    sched = f"peak lr {lrs}, 50 warm-up steps then cosine over {steps} steps"
+    if len({(e["steps"], e.get("lr", LEGACY_LR)) for e in rc}) > 1:   # runs of different lengths or rates
+        sched = ("50 warm-up steps then cosine over the run's steps, at its peak lr: " + "; ".join(
+            f"{e['dataset']} {e['decoder']} {e['steps']} steps at {e.get('lr', LEGACY_LR):g}" for e in rc))
     L = ["## Meta-training length: predicted / trained on the test architectures", "",
          f"{which}{GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, {GHN_KW['layers']} layers; "
          f"seed 0; meta-batch 8, one minibatch of 64 per step; 300 training architectures: the first 300 sampler "
-         f"seeds whose architecture is none of the test ones; AdamW, peak lr {lrs}, 50 warm-up steps then cosine "
-         f"over {steps} steps), meta-trained once. At each listed step its predicted parameters are evaluated with "
+         f"seeds whose architecture is none of the test ones; AdamW, {sched}), meta-trained once. At each listed step its predicted parameters are evaluated with "
          f"no training on the same {len(res['trained'][0]['rows'])} unseen test architectures as the main table, "
          "against their trained accuracy "
          "(the main table's baseline, read from the JSON). The points before the last are the same run's "
@@ -744,15 +747,16 @@ def ratio_curve_md(res):
     growth = []
     for e in rc:
         pts = {pt["step"]: pt["ratio"] for pt in e["points"]}
-        last, half = e["points"][-1]["step"], e["points"][-1]["step"] // 2
-        if half in pts and last != half:
+        last, half = e["points"][-1]["step"], e["steps"] // 2
+        if half in pts and last == e["steps"]:   # a run that ended early has no second half
             growth.append(f"{e['dataset']} {e['decoder']} {pts[half]:.3f} -> {pts[last]:.3f} "
                           f"({pts[last] - pts[half]:+.3f})")
     if growth:
         L += ["", "Predicted / trained over the second half of each run (step n/2 -> n): " + "; ".join(growth) + "."]
     missing = [f"{e['dataset']} {e['decoder']}" for e in rc if "finetune" not in e]
     if missing:
-        L += ["", "Not measured to the end (the ratio-curve run was stopped for time before it finished): " + ", ".join(missing) + "."]
+        L += ["", "Not measured to the end (the ratio-curve run ended before its last step; its last point is "
+              "a state with the learning rate not yet annealed): " + ", ".join(missing) + "."]
     by_cmd = {}
     for e in rc:
         src = e.get("command") or res.get("sources", {}).get("ratio_curve") or res["command"]
