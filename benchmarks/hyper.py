@@ -103,7 +103,10 @@ SCREEN = {"session-5 default (no identity prior)": {"identity": 0.0},
           "meta lr 3e-3": {"lr": 3e-3},
           # session 10: capacity, for MNIST-1D, where CNNs fit poorly even on training architectures
           "hid 128": {"hid": 128},
-          "4 layers": {"layers": 4}}
+          "4 layers": {"layers": 4},
+          # session 10: the low-rank decoder's rank (16 in the main table), for its loss against tiled
+          "rank 32": {"rank": 32},
+          "rank 64": {"rank": 64}}
 # variants renamed since they were measured: the old name (as in the commands stored with their rows)
 # -> the current one; --screen-variants accepts either, stored rows are shown with the current name
 RENAMED = {"meta lr 3e-4 (default)": "meta lr 3e-4 (default until session 8)"}
