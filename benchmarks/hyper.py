@@ -333,7 +333,7 @@ def predict_init_section(dataset, seed, cfg, workdir, base, decoders=tuple(DECOD
             dataset=dataset, out=str(workdir / f"{dataset}_{dec}_{seed}"), steps=cfg["ghn_steps"],
             meta_batch=cfg["meta_batch"], n_archs=cfg["n_archs"], train_seeds=tuple(pool), val_archs=2,
             lr=cfg["ghn_lr"], eval_every=cfg["ghn_steps"], ckpt_every=cfg["ghn_steps"], seed=seed, resume=False,
-            progress=False, ghn=dict(GHN_KW, **DECODERS[dec], **(ghn_extra or {}))))
+            progress=False, ghn={**GHN_KW, **DECODERS[dec], **(ghn_extra or {})}))
         ghns[dec] = GHN.from_pretrained(res.last_dir).eval()
         meta[dec] = dict(meta_train_seconds=round(time.time() - t0, 1),
                          seconds_per_step=round((time.time() - t0) / cfg["ghn_steps"], 3),
@@ -449,7 +449,7 @@ def ratio_curve_section(dataset, dec, steps, points, cfg, base, workdir, seed=0,
     train_seeds, skipped = train_pool(dataset, base, 300)
     models = [build_arch((b["arch"], b["kwargs"]), seed=j) for j, b in enumerate(base["rows"])]
     trained = np.array([b["kaiming"][-1][1] for b in base["rows"]])
-    ghn_kw = dict(GHN_KW, **DECODERS[dec], **(ghn_extra or {}))
+    ghn_kw = {**GHN_KW, **DECODERS[dec], **(ghn_extra or {})}
     gap_models = [build_arch((b["arch"], b["kwargs"]), seed=j) for j, b in enumerate(gap_base["rows"])] \
         if gap_base else []
     gap_trained = np.array([b["kaiming"][-1][1] for b in gap_base["rows"]]) if gap_base else None
