@@ -205,8 +205,7 @@ def _ordered(models: dict) -> dict:
         hf = [c[0] for c in hf_cases()]
     except ImportError:   # transformers absent: its rows (if any) keep their stored order
         hf = list(models)
-    order = hf + [f"{fam} {n}" for fam, lst in (("torchvision", TORCHVISION),
-                                                                        ("timm", TIMM)) for n, _, _ in lst]
+    order = hf + [f"{fam} {n}" for fam, lst in (("torchvision", TORCHVISION), ("timm", TIMM)) for n, _, _ in lst]
     return {n: models[n] for n in [*order, *sorted(set(models) - set(order))] if n in models}
 
 

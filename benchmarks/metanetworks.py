@@ -557,13 +557,11 @@ def throughput_one(zoo_path: Path, model: str, steps: int, device: str = "cpu") 
     are made and before the first step, whose gradients and optimizer state count.
     On a GPU (``device="cuda"``): the batches and the model live there, the clock waits
     for the GPU, and the peak is of GPU memory (``torch.cuda.max_memory_allocated``)."""
-    from tasks.predict_accuracy import AccuracyConfig, build_model
+    from tasks.predict_accuracy import AccuracyConfig, _by_arch, build_model
     from zoo import Zoo
 
     torch.set_num_threads(1)
     z = Zoo.open(zoo_path)
-    from tasks.predict_accuracy import _by_arch
-
     # checkpoints of one structure (as training batches are): a zoo's first rows may mix two
     # (the digits CNNs with ReLU and with tanh), which some models (GMN canonical) refuse
     rows = max(_by_arch(z, range(len(z))).values(), key=len)[:64 * 4]
