@@ -1066,8 +1066,11 @@ def write_md(res, path, cmd):
           "Tiled: block = width (predicts a layer of that width without copies); low-rank: "
           f"max_width = width, rank {ds[0].get('rank', 16) if ds else 16}, core {core} (the main table's)"
           + (", and the cp core for comparison" if ds and "lowrank_cp_decoder" in ds[0] else "")
-          + ". All with kernel 3 and hid 64 (the main table's GHNs use kernel 5: a tiled block grows with "
-          "kernel^2, the low-rank factors do not, so the ratio at kernel 5 is smaller still).", ""]
+          + ". All with kernel 3 and hid 64. The main table's GHNs use kernel 5: a tiled block grows with "
+          "kernel^2 x width^2, the low-rank decoder with kernel^2 only in its core (rank x kernel^2 for cp, "
+          "rank^2 x kernel^2 for tucker), so at wide layers the ratio at kernel 5 is smaller still; at width 64 "
+          "with rank 64 and kernel 5 the tucker core alone is (hid + 1) x 64^2 x 25 = 6.7M parameters, which is why "
+          "the main table's low-rank GHN is larger than its tiled one.", ""]
     if ds and "lowrank_cp_decoder" in ds[0]:
         L += [f"| width | tiled decoder | low-rank decoder ({core}) | low-rank / tiled | low-rank decoder (cp) | "
               "cp / tiled |", "|---|---|---|---|---|---|"]
@@ -1094,19 +1097,21 @@ def write_md(res, path, cmd):
         for (s, a), (_, b) in list(zip(c["standard"], c["mip"]))[:: max(1, len(c["mip"]) // 10)]:
             L.append(f"| {s} | {a:.4f} | {b:.4f} |")
     L += ["", "## Scale: time and peak memory to predict", "",
-          "| model | decoder | parameters | predicted values | first call (s, with trace) | cached trace (s) | peak RSS (MB) | not predicted |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| model | decoder | parameters | GHN parameters | predicted values | first call (s, with trace) | "
+          "cached trace (s) | peak RSS (MB) | not predicted |",
+          "|---|---|---|---|---|---|---|---|---|"]
     # scale rows before session 11 do not name the rank: their child ran rank 16
     label = {id(r): r["decoder"] + (f" (rank {r.get('rank', 16)})" if r["decoder"] == "lowrank" else "")
              for r in res["scale"]}
     for r in res["scale"]:
         if "error" in r:
-            L.append(f"| {r['what']} | {label[id(r)]} | error: {r['error'][-200:]!r} | | | | | |")
+            L.append(f"| {r['what']} | {label[id(r)]} | error: {r['error'][-200:]!r} | | | | | | |")
         elif r["what"] == "llama-7b":
             L.append(f"| Llama-7B config, meta device (trace only: {r['ops']} ops, {r['trace_s']:.1f} s) | - | "
-                     f"{r['params']:,} | - | - | - | {r['peak_rss_mb']:.0f} | - |")
+                     f"{r['params']:,} | - | - | - | - | {r['peak_rss_mb']:.0f} | - |")
         else:
-            L.append(f"| {r['what']} | {label[id(r)]} | {r['params']:,} | {r['predicted_values']:,} | "
+            L.append(f"| {r['what']} | {label[id(r)]} | {r['params']:,} | {r['ghn_params']:,} | "
+                     f"{r['predicted_values']:,} | "
                      f"{r['first_s']:.2f} | {r['cached_s']:.2f} | {r['peak_rss_mb']:.0f} | "
                      f"{', '.join(r['unpredicted']) or '-'} |")
     r50 = [r for r in res["scale"] if r["what"] == "resnet50" and "cached_s" in r]
