@@ -613,7 +613,7 @@ from metanet.hyper import GHN
 from metanet.trace import trace
 torch.manual_seed(0)
 what, decoder, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
-res = {"what": what, "decoder": decoder, "rank": rank}
+res = {"what": what, "decoder": decoder, **({"rank": rank} if decoder == "lowrank" else {})}
 kw = dict(gnn="transformer", hid=64, layers=2)
 if what == "resnet50":
     sys.path.insert(0, ROOT + "/benchmarks")
@@ -1062,15 +1062,16 @@ def write_md(res, path, cmd):
         L += screen_md(res)
     ds = res["decoder_size"]
     core = ds[0].get("lowrank_core", "cp") if ds else "cp"
+    rank = ds[0].get("rank", 16) if ds else 16
     L += ["## Decoder size as the widest predicted layer grows", "",
           "Tiled: block = width (predicts a layer of that width without copies); low-rank: "
-          f"max_width = width, rank {ds[0].get('rank', 16) if ds else 16}, core {core} (the main table's)"
+          f"max_width = width, rank {rank}, core {core} (the main table's)"
           + (", and the cp core for comparison" if ds and "lowrank_cp_decoder" in ds[0] else "")
           + ". All with kernel 3 and hid 64. The main table's GHNs use kernel 5: a tiled block grows with "
           "kernel^2 x width^2, the low-rank decoder with kernel^2 only in its core (rank x kernel^2 for cp, "
-          "rank^2 x kernel^2 for tucker), so at wide layers the ratio at kernel 5 is smaller still; at width 64 "
-          "with rank 64 and kernel 5 the tucker core alone is (hid + 1) x 64^2 x 25 = 6.7M parameters, which is why "
-          "the main table's low-rank GHN is larger than its tiled one.", ""]
+          "rank^2 x kernel^2 for tucker), so at wide layers the ratio at kernel 5 is smaller still; at kernel 5 "
+          f"the tucker core alone is (hid + 1) x rank^2 x 25 = {65 * rank ** 2 * 25 / 1e6:.1f}M parameters at "
+          f"rank {rank}, whatever the width.", ""]
     if ds and "lowrank_cp_decoder" in ds[0]:
         L += [f"| width | tiled decoder | low-rank decoder ({core}) | low-rank / tiled | low-rank decoder (cp) | "
               "cp / tiled |", "|---|---|---|---|---|---|"]

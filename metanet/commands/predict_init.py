@@ -45,8 +45,9 @@ def register_train(kinds) -> None:
     p.add_argument("--hid", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--max-width", type=int, default=64, help="low-rank decoder's widest axis")
-    p.add_argument("--rank", type=int, default=16, help="low-rank decoder's rank; 64 predicted the benchmark's small networks better than "
-                   "16, at about twice the time per meta-step (benchmarks/hyper.md)")
+    p.add_argument("--rank", type=int, default=16,
+                   help="low-rank decoder's rank; 64 predicted the benchmark's small networks better than 16, "
+                        "at about twice the time per meta-step (benchmarks/hyper.md)")
     p.add_argument("--block", type=int, default=32, help="tiled decoder's block size")
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, cuda:N or auto (the GPU when PyTorch sees one); under torchrun, cuda gives "
