@@ -740,7 +740,8 @@ def ratio_curve_md(res):
     L = ["## Meta-training length: predicted / trained on the test architectures", "",
          f"{which}{GHN_KW['gnn']} GNN, hid {GHN_KW['hid']}, {GHN_KW['layers']} layers; "
          f"seed 0; meta-batch 8, one minibatch of 64 per step; 300 training architectures: the first 300 sampler "
-         f"seeds whose architecture is none of the test ones; AdamW, {sched}), meta-trained once. At each listed step its predicted parameters are evaluated with "
+         f"seeds whose architecture is none of the test ones; AdamW, {sched}), meta-trained once. At each "
+         "listed step its predicted parameters are evaluated with "
          f"no training on the same {len(res['trained'][0]['rows'])} unseen test architectures as the main table, "
          "against their trained accuracy "
          "(the main table's baseline, read from the JSON). The points before the last are the same run's "
@@ -1101,24 +1102,24 @@ def write_md(res, path, cmd):
           "| model | decoder | parameters | GHN parameters | predicted values | first call (s, with trace) | "
           "cached trace (s) | peak RSS (MB) | not predicted |",
           "|---|---|---|---|---|---|---|---|---|"]
-    # scale rows before session 11 do not name the rank: their child ran rank 16
-    label = {id(r): r["decoder"] + (f" (rank {r.get('rank', 16)})" if r["decoder"] == "lowrank" else "")
-             for r in res["scale"]}
+    def label(r):   # scale rows before session 11 do not name the rank: their child ran rank 16
+        return r["decoder"] + (f" (rank {r.get('rank', 16)})" if r["decoder"] == "lowrank" else "")
+
     for r in res["scale"]:
         if "error" in r:
-            L.append(f"| {r['what']} | {label[id(r)]} | error: {r['error'][-200:]!r} | | | | | | |")
+            L.append(f"| {r['what']} | {label(r)} | error: {r['error'][-200:]!r} | | | | | | |")
         elif r["what"] == "llama-7b":
             L.append(f"| Llama-7B config, meta device (trace only: {r['ops']} ops, {r['trace_s']:.1f} s) | - | "
                      f"{r['params']:,} | - | - | - | - | {r['peak_rss_mb']:.0f} | - |")
         else:
-            L.append(f"| {r['what']} | {label[id(r)]} | {r['params']:,} | {r['ghn_params']:,} | "
+            L.append(f"| {r['what']} | {label(r)} | {r['params']:,} | {r['ghn_params']:,} | "
                      f"{r['predicted_values']:,} | "
                      f"{r['first_s']:.2f} | {r['cached_s']:.2f} | {r['peak_rss_mb']:.0f} | "
                      f"{', '.join(r['unpredicted']) or '-'} |")
     r50 = [r for r in res["scale"] if r["what"] == "resnet50" and "cached_s" in r]
     if r50:
         L += ["", "The issue's target for a ResNet-50-sized net is under 2 s on this CPU: "
-              + "; ".join(f"{label[id(r)]} {r['cached_s']:.2f} s with the trace cached "
+              + "; ".join(f"{label(r)} {r['cached_s']:.2f} s with the trace cached "
                           f"({'met' if r['cached_s'] < 2 else 'not met'}), {r['first_s']:.2f} s "
                           f"for the first call, which traces the model" for r in r50) + "."]
     Path(path).write_text("\n".join(L) + "\n")
@@ -1303,19 +1304,21 @@ def main(argv=None):
         res.setdefault("sources", {})["curve"] = old.get("sources", {}).get("curve") or old.get("command")
     if "predict" not in args.skip:
         have_old = args.keep and out_json.exists()
+
+        def kept_base(t):   # a kept baseline names the command that measured it
+            return dict(t, command=t.get("command") or old.get("sources", {}).get("predict") or old.get("command"))
+
         if have_old:   # each decoder's results measured with its very setup stay; this run adds or replaces
             res["predict_init"] = kept_entries(old.get("predict_init", []), cfg, args.ghn_extra)
             # a run of some datasets keeps the others' entries of the same setup: their tables stay shown
             res["datasets"] = list(dict.fromkeys([*(e["dataset"] for e in res["predict_init"]), *args.datasets]))
+            # and the other datasets' baselines: kept screen, gap and ratio-curve rows read them
+            res["trained"] += [kept_base(t) for t in old.get("trained", []) if t["dataset"] not in args.datasets]
         bases = {}
-        if have_old:   # other datasets' baselines stay: kept screen, gap and ratio-curve rows read them
-            res["trained"] += [dict(t, command=t.get("command") or old.get("sources", {}).get("predict")
-                                    or old.get("command"))
-                               for t in old.get("trained", []) if t["dataset"] not in args.datasets]
         for ds in args.datasets:          # the baselines first: every seed below reuses them
             b = matching_baseline(old.get("trained", []), ds, cfg) if have_old else None
             if b is not None:             # same test architectures and epochs: reused, not retrained
-                b = dict(b, command=b.get("command") or old.get("sources", {}).get("predict") or old.get("command"))
+                b = kept_base(b)
                 log(f"{ds}: trained baseline reused from {out_json.name} (measured by `{b['command']}`)")
             else:
                 b = dict(trained_section(ds, cfg), command=cmd)
